@@ -1,0 +1,126 @@
+// A small SIMD layer for the CPU kernels, written with GCC/Clang vector extensions so that one
+// source compiles to SSE2/NEON (baseline), AVX2 or AVX-512 depending on the flags of the
+// translation unit that includes it (csrc/cpu/isa/*.cpp are built once per instruction set and
+// picked at run time). Host-only; never included by CUDA code.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "flashstream/common/dtype.h"
+
+// Every translation unit including this header is compiled for one instruction set, named by
+// FLASHSTREAM_ISA; the inline namespace gives each its own symbols, so the linker can never merge
+// an AVX-512 copy of an inline function into code that runs on a machine without AVX-512. For the
+// same reason the CPU kernels avoid std:: algorithm templates.
+#ifndef FLASHSTREAM_ISA
+#error "simd.h is compiled once per instruction set: define FLASHSTREAM_ISA (see CMakeLists.txt)"
+#endif
+
+namespace flashstream::simd {
+inline namespace FLASHSTREAM_ISA {
+
+#if defined(__AVX512F__)
+inline constexpr int kBytes = 64;
+#elif defined(__AVX2__)
+inline constexpr int kBytes = 32;
+#else
+inline constexpr int kBytes = 16;
+#endif
+inline constexpr int kLanes = kBytes / 4;  // float lanes per vector
+
+typedef float vf __attribute__((vector_size(kBytes)));
+typedef int32_t vi __attribute__((vector_size(kBytes)));
+typedef uint32_t vu __attribute__((vector_size(kBytes)));
+typedef uint16_t vh __attribute__((vector_size(kBytes / 2)));  // kLanes x 16-bit
+
+FS_INLINE vf splat(float x) { return vf{} + x; }
+FS_INLINE vu splat_u(uint32_t x) { return vu{} + x; }
+FS_INLINE vu as_u(vf x) { vu r; std::memcpy(&r, &x, sizeof r); return r; }
+FS_INLINE vf as_f(vu x) { vf r; std::memcpy(&r, &x, sizeof r); return r; }
+FS_INLINE vf as_f(vi x) { vf r; std::memcpy(&r, &x, sizeof r); return r; }
+FS_INLINE vf select(vi mask, vf a, vf b) { return mask ? a : b; }  // mask lanes are 0 or -1
+
+// ---- loads and stores with conversion to/from float lanes ---------------------------------------
+FS_INLINE vf load(const float* p) { vf r; std::memcpy(&r, p, sizeof r); return r; }
+FS_INLINE vf load(const bf16_t* p) {
+  vh h; std::memcpy(&h, p, sizeof h);
+  return as_f(__builtin_convertvector(h, vu) << 16);
+}
+FS_INLINE vf load(const f16_t* p) {
+  vh h16; std::memcpy(&h16, p, sizeof h16);
+  const vu h = __builtin_convertvector(h16, vu);
+  const vu sign = (h & 0x8000u) << 16;
+  const vu exp = (h >> 10) & 0x1Fu;
+  const vu mant = h & 0x3FFu;
+  const vu normal = ((exp + 112u) << 23) | (mant << 13);
+  const vu special = 0x7F800000u | (mant << 13);
+  const vu sub = as_u(__builtin_convertvector(mant, vf) * 5.9604644775390625e-8f);  // mant * 2^-24
+  const vu mag = exp == 0u ? sub : (exp == 31u ? special : normal);
+  return as_f(sign | mag);
+}
+
+FS_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+FS_INLINE void store(bf16_t* p, vf x) {
+  const vu u = as_u(x);
+  const vu nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+  const vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  const vu out = nan ? ((u >> 16) | 0x40u) : rounded;
+  const vh h = __builtin_convertvector(out, vh);
+  std::memcpy(p, &h, sizeof h);
+}
+FS_INLINE void store(f16_t* p, vf x) {
+  const vu u = as_u(x);
+  const vu sign = (u >> 16) & 0x8000u;
+  const vu a = u & 0x7FFFFFFFu;
+  const vu normal = (a - 0x38000000u + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+  const vu sub = as_u(as_f(a) + 0.5f) - 0x3F000000u;
+  vu h = a >= 0x38800000u ? normal : sub;
+  h = a >= 0x477FF000u ? splat_u(0x7C00u) : h;
+  h = a > 0x7F800000u ? splat_u(0x7E00u) : h;
+  const vh out = __builtin_convertvector(sign | h, vh);
+  std::memcpy(p, &out, sizeof out);
+}
+
+// ---- math ---------------------------------------------------------------------------------------
+FS_INLINE vf abs(vf x) { return as_f(as_u(x) & 0x7FFFFFFFu); }
+FS_INLINE vf copysign(vf mag, vf sgn) { return as_f((as_u(mag) & 0x7FFFFFFFu) | (as_u(sgn) & 0x80000000u)); }
+// NaN in `a` propagates (every comparison with NaN is false).
+FS_INLINE vf min(vf a, vf b) { return a > b ? b : a; }
+FS_INLINE vf max(vf a, vf b) { return a < b ? b : a; }
+
+// Round half to even (as torch.round / rintf), exact for |x| < 2^23: adding 2^23 leaves no
+// fraction bits, so the FPU's own round-to-nearest-even does the rounding. NaN stays NaN.
+FS_INLINE vf round_even(vf x) {
+  const vf big = splat(8388608.0f);
+  const vf a = abs(x);
+  const vf r = (a + big) - big;
+  return copysign(a < big ? r : a, x);
+}
+
+// e^x for x in [-87, 88]; ~1 ulp: Cody-Waite reduction by ln2, then a degree-7 Taylor polynomial
+// on |r| <= ln2/2 (truncation 6e-9 relative) and a 2^n exponent insert.
+FS_INLINE vf exp(vf x) {
+  x = min(max(x, splat(-87.0f)), splat(88.0f));
+  const vf n = round_even(x * 1.44269504088896341f);
+  const vf r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  vf p = splat(1.0f / 5040);
+  p = p * r + 1.0f / 720;
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  return p * as_f(e);
+}
+
+// tanh(x) = sign(x) (1 - 2 / (e^{2|x|} + 1)). Absolute error ~1e-7 over the whole range (what
+// FSQ's rounding needs); saturates to +-1 exactly for |x| > 9.
+FS_INLINE vf tanh(vf x) {
+  const vf e = exp(abs(x) * 2.0f);
+  return copysign(1.0f - 2.0f / (e + 1.0f), x);
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::simd

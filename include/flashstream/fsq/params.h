@@ -1,0 +1,92 @@
+// FSQ (Mentzer et al. 2023, appendix A.1): the per-dimension constants and the scalar math that
+// the CPU and CUDA kernels share. Torch-free; host and device.
+//
+//   half_l = (L-1)(1-eps)/2     offset = 0.5 if L even else 0     shift = tan(offset / half_l)
+//   q      = round_half_even(tanh(z + shift) * half_l - offset)   (an integer in [-L//2, (L-1)//2])
+//   code   = q / (L // 2)
+//   index  = sum_j (q_j + L_j // 2) * basis_j,   basis = cumprod([1] + levels[:-1])
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "flashstream/common/macros.h"
+
+namespace flashstream::fsq {
+
+inline constexpr int kMaxDims = 32;
+// Codes are computed in fp32, which holds every integer q exactly only while |q| < 2^23.
+inline constexpr int64_t kMaxLevel = int64_t(1) << 24;
+
+struct Params {
+  int dims = 0;
+  int64_t codebook_size = 1;  // prod(levels) <= 2^63 - 1
+  float half_l[kMaxDims];
+  float offset[kMaxDims];
+  float shift[kMaxDims];
+  float half_width[kMaxDims];  // L // 2, as the divisor of codes
+  int32_t levels[kMaxDims];
+  int32_t half_width_int[kMaxDims];
+  int64_t basis[kMaxDims];
+};
+
+enum class ParamsError { ok, no_dims, too_many_dims, level_too_small, level_too_large, codebook_overflow };
+
+// Host-side: validates `levels` and fills `out`. On error, `*bad_dim` names the offending entry.
+inline ParamsError make_params(const int64_t* levels, int dims, double eps, Params* out, int* bad_dim) {
+  *bad_dim = -1;
+  if (dims <= 0) return ParamsError::no_dims;
+  if (dims > kMaxDims) return ParamsError::too_many_dims;
+  out->dims = dims;
+  int64_t basis = 1;
+  for (int j = 0; j < dims; ++j) {
+    const int64_t L = levels[j];
+    *bad_dim = j;
+    if (L < 2) return ParamsError::level_too_small;
+    if (L > kMaxLevel) return ParamsError::level_too_large;
+    const double half_l = double(L - 1) * (1.0 - eps) / 2.0;
+    const double offset = (L % 2 == 0) ? 0.5 : 0.0;
+    out->half_l[j] = float(half_l);
+    out->offset[j] = float(offset);
+    out->shift[j] = float(std::tan(offset / half_l));
+    out->half_width[j] = float(L / 2);
+    out->levels[j] = int32_t(L);
+    out->half_width_int[j] = int32_t(L / 2);
+    out->basis[j] = basis;
+    if (basis > INT64_MAX / L) return ParamsError::codebook_overflow;
+    basis *= L;
+  }
+  *bad_dim = -1;
+  out->codebook_size = basis;
+  return ParamsError::ok;
+}
+
+inline const char* params_error_message(ParamsError e) {
+  switch (e) {
+    case ParamsError::ok: return "ok";
+    case ParamsError::no_dims: return "levels must not be empty";
+    case ParamsError::too_many_dims: return "at most 32 levels (dimensions) are supported";
+    case ParamsError::level_too_small: return "every level must be >= 2";
+    case ParamsError::level_too_large: return "every level must be <= 2^24 (codes are computed in fp32)";
+    case ParamsError::codebook_overflow: return "the product of levels must fit in int64 (< 2^63)";
+  }
+  return "unknown error";
+}
+
+// The pre-rounding value tanh(z + shift) * half_l - offset, in fp32.
+FS_HOST_DEVICE FS_INLINE float bounded(const Params& p, int j, float z) {
+  return tanhf(z + p.shift[j]) * p.half_l[j] - p.offset[j];
+}
+
+// d code / d z of the straight-through estimator: d(tanh(z + shift) * half_l)/dz / (L // 2).
+FS_HOST_DEVICE FS_INLINE float code_grad(const Params& p, int j, float z) {
+  const float t = tanhf(z + p.shift[j]);
+  return (1.0f - t * t) * p.half_l[j] / p.half_width[j];
+}
+
+// Digit j of a codebook index, as the code value (digit - L//2) / (L//2).
+FS_HOST_DEVICE FS_INLINE float index_to_code(const Params& p, int j, int64_t index) {
+  const int64_t digit = (index / p.basis[j]) % p.levels[j];
+  return float(digit - p.half_width_int[j]) / p.half_width[j];
+}
+
+}  // namespace flashstream::fsq

@@ -1,0 +1,3 @@
+from flashstream.cli import main
+
+raise SystemExit(main())
