@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import fsq as fsq_ops
+from ..ops.fsq import fsq, fsq_indices_to_codes
 from ..ops._common import int_list
 
 
@@ -57,7 +57,7 @@ class FSQ(nn.Module):
                              f"{' (channel_first)' if self.channel_first else ''}")
         z = self.project_in(x)
         z = z.reshape(*z.shape[:-1], self.num_codebooks, self.codebook_dim).contiguous()
-        codes, indices = fsq_ops.fsq(z, self.levels, eps=self.eps)
+        codes, indices = fsq(z, self.levels, eps=self.eps)
         out = self.project_out(codes.flatten(-2))
         if self.num_codebooks == 1:
             indices = indices.squeeze(-1)
@@ -68,7 +68,7 @@ class FSQ(nn.Module):
         if self.num_codebooks == 1:
             indices = indices.unsqueeze(-1)
         dtype = self.project_out.weight.dtype if self.has_projections else torch.float32
-        codes = fsq_ops.fsq_indices_to_codes(indices.contiguous(), self.levels, dtype)
+        codes = fsq_indices_to_codes(indices.contiguous(), self.levels, dtype)
         return self._from_last(self.project_out(codes.flatten(-2)))
 
     def extra_repr(self) -> str:
