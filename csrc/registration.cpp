@@ -7,4 +7,9 @@ TORCH_LIBRARY(flashstream, m) {
   m.def("fsq(Tensor z, int[] levels, float eps=0.001, bool validate=True) -> (Tensor codes, Tensor indices)");
   m.def("fsq_backward(Tensor grad_codes, Tensor z, int[] levels, float eps=0.001) -> Tensor");
   m.def("fsq_indices_to_codes(Tensor indices, int[] levels, ScalarType dtype, bool validate=True) -> Tensor");
+
+  // ---- K2: depthwise causal conv1d with carried state (python/flashstream/ops/causal_conv1d.py) ----
+  // state [B, C, (W-1)*dilation] (or a pool [P, ...] addressed by state_indices) is updated in place.
+  m.def("causal_conv1d(Tensor x, Tensor weight, Tensor? bias=None, Tensor(a!)? state=None, int dilation=1, "
+        "str? activation=None, Tensor? state_indices=None) -> Tensor");
 }
