@@ -1,5 +1,8 @@
 """Reusable streaming modules built on :mod:`flashstream.ops`."""
 
 from .fsq import FSQ
+from .streaming_conv import StreamingConv1d
+from .streaming_conv_transpose import StreamingConvTranspose1d
+from .streaming_sequential import AlignBranches, Delay, StreamingSequential
 
-__all__ = ["FSQ"]
+__all__ = ["FSQ", "StreamingConv1d", "StreamingConvTranspose1d", "StreamingSequential", "AlignBranches", "Delay"]
