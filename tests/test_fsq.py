@@ -28,7 +28,7 @@ def random_z(shape, dtype, device, scale=2.0):
 def check_against_reference(z, levels, codes, indices, eps=1e-3):
     ref_codes, ref_indices, bounded = fsq_reference(z, levels, eps)
     tie = near_tie(bounded, levels)
-    assert tie.sum() <= max(2, 0.01 * tie.numel()), "too many near-ties for the test to mean anything"
+    assert tie.sum() <= max(2, 0.02 * tie.numel()), "too many near-ties for the test to mean anything"
     ok = ~tie
     assert indices.dtype == torch.int64 and codes.dtype == z.dtype
     assert codes.shape == z.shape and indices.shape == z.shape[:-1]
