@@ -104,6 +104,7 @@ def metadata(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "flashstream": getattr(flashstream, "__version__", "unknown"),
         "git_commit": _git_commit(),
+        "built_from_commit": getattr(flashstream._C, "git_commit", "unknown"),
         "timestamp_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -214,6 +214,49 @@ def test_torch_compile_dynamic_shapes(device):
         assert torch.equal(compiled(x), fsq(x, [3] * 8)[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_out_variant_writes_in_place(device, dtype):
+    levels = [8, 5, 5, 5]
+    codes = torch.empty(3, 50, 4, dtype=dtype, device=device)
+    indices = torch.empty(3, 50, dtype=torch.int64, device=device)
+    ptrs = (codes.data_ptr(), indices.data_ptr())
+    for _ in range(3):  # a streaming loop reuses the same buffers
+        z = random_z((3, 50, 4), dtype, device)
+        got = fsq(z, levels, out=(codes, indices))
+        assert got[0] is codes and got[1] is indices and (codes.data_ptr(), indices.data_ptr()) == ptrs
+        want_codes, want_indices = fsq(z, levels)
+        assert torch.equal(codes, want_codes) and torch.equal(indices, want_indices)
+    torch.library.opcheck(torch.ops.flashstream.fsq_out.default, (z, levels, 1e-3, True, codes, indices))
+
+
+def test_out_variant_under_compile(device):
+    levels = [3] * 8
+
+    def step(x, codes, indices):
+        fsq(x, levels, out=(codes, indices))
+        return codes.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(16, 8, device=device)
+    codes, indices = torch.empty_like(x), torch.empty(16, dtype=torch.int64, device=device)
+    compiled(x, codes, indices)
+    want_codes, want_indices = fsq(x, levels)
+    assert torch.equal(codes, want_codes) and torch.equal(indices, want_indices)
+
+
+def test_out_variant_rejects(device):
+    z = torch.randn(5, 4, device=device)
+    good_codes, good_idx = torch.empty_like(z), torch.empty(5, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match=r"flashstream.fsq_out: indices must be z.shape\[:-1\] = \[5\], got \[4\]"):
+        fsq(z, [8, 5, 5, 5], out=(good_codes, torch.empty(4, dtype=torch.int64, device=device)))
+    with pytest.raises(TypeError, match="flashstream.fsq_out: codes must be Float, got Half"):
+        fsq(z, [8, 5, 5, 5], out=(torch.empty(5, 4, dtype=torch.half, device=device), good_idx))
+    with pytest.raises(ValueError, match="flashstream.fsq_out: codes and indices must not overlap z"):
+        fsq(z, [8, 5, 5, 5], out=(z, good_idx))
+    with pytest.raises(ValueError, match="flashstream.fsq_out: codes must be contiguous"):
+        fsq(z, [8, 5, 5, 5], out=(torch.empty(4, 5, device=device).t(), good_idx))
+
+
 # ---- bad inputs: clear exceptions naming the op and the argument --------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int32, torch.int64])
