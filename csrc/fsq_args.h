@@ -1,6 +1,7 @@
 // FSQ argument handling shared by the CPU and CUDA bindings: `levels` -> kernel constants, and the
 // checks on z / indices. Kept device-agnostic so both paths reject exactly the same inputs.
 #pragma once
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
 #include "check.h"
@@ -40,6 +41,23 @@ inline void check_fsq_input(const char* op, const char* arg, const at::Tensor& z
   FS_CHECK_VALUE(z.size(-1) == p.dims, op, arg, " must be [..., len(levels)] = [..., ", p.dims, "], got ",
                  shape_str(z.sizes()));
   check_contiguous(op, arg, z);
+}
+
+// Caller-provided outputs of fsq_out: codes like z, indices z.shape[:-1] int64, contiguous, on
+// z's device, overlapping neither z nor each other.
+inline void check_fsq_outputs(const char* op, const at::Tensor& z, const at::Tensor& codes, const at::Tensor& indices) {
+  check_dtype(op, "codes", codes, z.scalar_type());
+  check_dtype(op, "indices", indices, at::kLong);
+  check_shape(op, "codes", codes, z.sizes(), "z.shape");
+  check_shape(op, "indices", indices, z.sizes().slice(0, z.dim() - 1), "z.shape[:-1]");
+  check_same_device(op, "codes", codes, z, "z");
+  check_same_device(op, "indices", indices, z, "z");
+  check_contiguous(op, "codes", codes);
+  check_contiguous(op, "indices", indices);
+  FS_CHECK_VALUE(at::get_overlap_status(codes, z) == at::MemOverlapStatus::No &&
+                     at::get_overlap_status(indices, z) == at::MemOverlapStatus::No &&
+                     at::get_overlap_status(codes, indices) == at::MemOverlapStatus::No,
+                 op, "codes and indices must not overlap z or each other");
 }
 
 inline void check_fsq_indices(const char* op, const at::Tensor& indices) {

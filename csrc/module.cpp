@@ -8,6 +8,9 @@
 #ifndef FLASHSTREAM_CUDA_ARCHS
 #define FLASHSTREAM_CUDA_ARCHS ""
 #endif
+#ifndef FLASHSTREAM_GIT_COMMIT
+#define FLASHSTREAM_GIT_COMMIT "unknown"
+#endif
 #ifndef FLASHSTREAM_CUDA_VERSION
 #define FLASHSTREAM_CUDA_VERSION ""
 #endif
@@ -56,5 +59,6 @@ PyMODINIT_FUNC PyInit__C() {
   PyModule_AddStringConstant(m, "cuda_version", FLASHSTREAM_CUDA_VERSION);
   PyModule_AddStringConstant(m, "torch_version", FLASHSTREAM_TORCH_VERSION);
   PyModule_AddStringConstant(m, "compiled_cpu_isas", FLASHSTREAM_CPU_ISAS);
+  PyModule_AddStringConstant(m, "git_commit", FLASHSTREAM_GIT_COMMIT);
   return m;
 }

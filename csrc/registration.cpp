@@ -5,6 +5,9 @@
 TORCH_LIBRARY(flashstream, m) {
   // ---- K4: FSQ (python/flashstream/ops/fsq.py) ----
   m.def("fsq(Tensor z, int[] levels, float eps=0.001, bool validate=True) -> (Tensor codes, Tensor indices)");
+  // Into caller-owned outputs (no allocation in a streaming loop); returns nothing, as mutating
+  // custom ops must for torch.compile.
+  m.def("fsq_out(Tensor z, int[] levels, float eps, bool validate, Tensor(a!) codes, Tensor(b!) indices) -> ()");
   m.def("fsq_backward(Tensor grad_codes, Tensor z, int[] levels, float eps=0.001) -> Tensor");
   m.def("fsq_indices_to_codes(Tensor indices, int[] levels, ScalarType dtype, bool validate=True) -> Tensor");
 

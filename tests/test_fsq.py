@@ -12,7 +12,7 @@ from flashstream.ops import fsq, fsq_indices_to_codes
 from references.fsq import fsq_grad_reference, fsq_reference, indices_to_codes_reference, near_tie
 
 LEVELS = [[3] * 8, [8, 5, 5, 5], [7, 5, 5, 5, 5], [8, 6, 5], [2], [2, 3, 4, 5, 6, 7, 8, 9, 10],
-          [4] * 12, [5] * 27]
+          [4] * 12, [5] * 27, [5000, 3]]  # the last: too many levels to prove the reciprocal route exact
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -28,7 +28,7 @@ def random_z(shape, dtype, device, scale=2.0):
 def check_against_reference(z, levels, codes, indices, eps=1e-3):
     ref_codes, ref_indices, bounded = fsq_reference(z, levels, eps)
     tie = near_tie(bounded, levels)
-    assert tie.sum() <= max(2, 0.01 * tie.numel()), "too many near-ties for the test to mean anything"
+    assert tie.sum() <= max(2, 0.02 * tie.numel()), "too many near-ties for the test to mean anything"
     ok = ~tie
     assert indices.dtype == torch.int64 and codes.dtype == z.dtype
     assert codes.shape == z.shape and indices.shape == z.shape[:-1]
@@ -212,6 +212,49 @@ def test_torch_compile_dynamic_shapes(device):
     for n in (5, 9, 130):
         x = torch.randn(n, 8, device=device)
         assert torch.equal(compiled(x), fsq(x, [3] * 8)[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_out_variant_writes_in_place(device, dtype):
+    levels = [8, 5, 5, 5]
+    codes = torch.empty(3, 50, 4, dtype=dtype, device=device)
+    indices = torch.empty(3, 50, dtype=torch.int64, device=device)
+    ptrs = (codes.data_ptr(), indices.data_ptr())
+    for _ in range(3):  # a streaming loop reuses the same buffers
+        z = random_z((3, 50, 4), dtype, device)
+        got = fsq(z, levels, out=(codes, indices))
+        assert got[0] is codes and got[1] is indices and (codes.data_ptr(), indices.data_ptr()) == ptrs
+        want_codes, want_indices = fsq(z, levels)
+        assert torch.equal(codes, want_codes) and torch.equal(indices, want_indices)
+    torch.library.opcheck(torch.ops.flashstream.fsq_out.default, (z, levels, 1e-3, True, codes, indices))
+
+
+def test_out_variant_under_compile(device):
+    levels = [3] * 8
+
+    def step(x, codes, indices):
+        fsq(x, levels, out=(codes, indices))
+        return codes.sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(16, 8, device=device)
+    codes, indices = torch.empty_like(x), torch.empty(16, dtype=torch.int64, device=device)
+    compiled(x, codes, indices)
+    want_codes, want_indices = fsq(x, levels)
+    assert torch.equal(codes, want_codes) and torch.equal(indices, want_indices)
+
+
+def test_out_variant_rejects(device):
+    z = torch.randn(5, 4, device=device)
+    good_codes, good_idx = torch.empty_like(z), torch.empty(5, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match=r"flashstream.fsq_out: indices must be z.shape\[:-1\] = \[5\], got \[4\]"):
+        fsq(z, [8, 5, 5, 5], out=(good_codes, torch.empty(4, dtype=torch.int64, device=device)))
+    with pytest.raises(TypeError, match="flashstream.fsq_out: codes must be Float, got Half"):
+        fsq(z, [8, 5, 5, 5], out=(torch.empty(5, 4, dtype=torch.half, device=device), good_idx))
+    with pytest.raises(ValueError, match="flashstream.fsq_out: codes and indices must not overlap z"):
+        fsq(z, [8, 5, 5, 5], out=(z, good_idx))
+    with pytest.raises(ValueError, match="flashstream.fsq_out: codes must be contiguous"):
+        fsq(z, [8, 5, 5, 5], out=(torch.empty(4, 5, device=device).t(), good_idx))
 
 
 # ---- bad inputs: clear exceptions naming the op and the argument --------------------------------

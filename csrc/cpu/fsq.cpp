@@ -23,14 +23,11 @@ void check_cpu(const char* op, const char* arg, const at::Tensor& t) {
   FS_CHECK_VALUE(t.device().is_cpu(), op, arg, " must be a CPU tensor for the CPU kernel, got ", t.device());
 }
 
-std::tuple<at::Tensor, at::Tensor> fsq_cpu(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate) {
-  const fsq::Params p = fsq_params("fsq", levels, eps);
-  check_fsq_input("fsq", "z", z, p);
-  check_cpu("fsq", "z", z);
-  at::Tensor codes = at::empty_like(z);
-  at::Tensor indices = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(at::kLong));
+// Writes codes/indices (checked by the callers) for z; raises on NaN when asked to.
+void fsq_into(const char* op, const at::Tensor& z, const fsq::Params& p, bool validate, at::Tensor& codes,
+              at::Tensor& indices) {
   const int64_t n = indices.numel();
-  if (n == 0) return {codes, indices};
+  if (n == 0) return;
   const auto& k = kernels();
   const DType dt = dtype_of(z);
   std::atomic<bool> any_nan{false};
@@ -38,9 +35,27 @@ std::tuple<at::Tensor, at::Tensor> fsq_cpu(const at::Tensor& z, c10::IntArrayRef
     if (k.forward(dt, p, z.const_data_ptr(), codes.mutable_data_ptr(), indices.mutable_data_ptr<int64_t>(), begin, end))
       any_nan.store(true, std::memory_order_relaxed);
   });
-  FS_CHECK_VALUE(!validate || !any_nan.load(), "fsq", "z contains NaN (FSQ has no code for it); "
+  FS_CHECK_VALUE(!validate || !any_nan.load(), op, "z contains NaN (FSQ has no code for it); "
                  "pass validate=False to get index -1 and NaN codes for such vectors instead");
+}
+
+std::tuple<at::Tensor, at::Tensor> fsq_cpu(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate) {
+  const fsq::Params p = fsq_params("fsq", levels, eps);
+  check_fsq_input("fsq", "z", z, p);
+  check_cpu("fsq", "z", z);
+  at::Tensor codes = at::empty_like(z);
+  at::Tensor indices = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(at::kLong));
+  fsq_into("fsq", z, p, validate, codes, indices);
   return {codes, indices};
+}
+
+void fsq_out_cpu(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate, at::Tensor& codes,
+                 at::Tensor& indices) {
+  const fsq::Params p = fsq_params("fsq_out", levels, eps);
+  check_fsq_input("fsq_out", "z", z, p);
+  check_cpu("fsq_out", "z", z);
+  check_fsq_outputs("fsq_out", z, codes, indices);
+  fsq_into("fsq_out", z, p, validate, codes, indices);
 }
 
 at::Tensor fsq_backward_cpu(const at::Tensor& grad_codes, const at::Tensor& z, c10::IntArrayRef levels, double eps) {
@@ -90,6 +105,7 @@ at::Tensor fsq_indices_to_codes_cpu(const at::Tensor& indices, c10::IntArrayRef 
 
 TORCH_LIBRARY_IMPL(flashstream, CPU, m) {
   m.impl("fsq", &fsq_cpu);
+  m.impl("fsq_out", &fsq_out_cpu);
   m.impl("fsq_backward", &fsq_backward_cpu);
   m.impl("fsq_indices_to_codes", &fsq_indices_to_codes_cpu);
 }

@@ -39,15 +39,11 @@ struct ValueFlag {
   bool raised(cudaStream_t stream) const { return ptr != nullptr && !is_capturing(stream) && flag.item<int>() != 0; }
 };
 
-std::tuple<at::Tensor, at::Tensor> fsq_cuda(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate) {
-  const fsq::Params p = fsq_params("fsq", levels, eps);
-  check_fsq_input("fsq", "z", z, p);
-  check_cuda("fsq", "z", z);
-  DeviceGuard guard(z);
-  at::Tensor codes = at::empty_like(z);
-  at::Tensor indices = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(at::kLong));
+// Writes codes/indices (checked by the callers) for z; raises on NaN when asked to.
+void fsq_into(const char* op, const at::Tensor& z, const fsq::Params& p, bool validate, at::Tensor& codes,
+              at::Tensor& indices) {
   const int64_t n = indices.numel();
-  if (n == 0) return {codes, indices};
+  if (n == 0) return;
   const cudaStream_t stream = current_stream(z);
   const ValueFlag nan(validate, z);
   check_launch(by_dtype(dtype_of(z), [&](auto t) {
@@ -55,10 +51,30 @@ std::tuple<at::Tensor, at::Tensor> fsq_cuda(const at::Tensor& z, c10::IntArrayRe
     return fsq::cuda::launch_forward<T>(p, static_cast<const T*>(z.const_data_ptr()),
                                         static_cast<T*>(codes.mutable_data_ptr()),
                                         indices.mutable_data_ptr<int64_t>(), n, nan.ptr, stream);
-  }), "fsq");
-  FS_CHECK_VALUE(!nan.raised(stream), "fsq", "z contains NaN (FSQ has no code for it); "
+  }), op);
+  FS_CHECK_VALUE(!nan.raised(stream), op, "z contains NaN (FSQ has no code for it); "
                  "pass validate=False to get index -1 and NaN codes for such vectors instead");
+}
+
+std::tuple<at::Tensor, at::Tensor> fsq_cuda(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate) {
+  const fsq::Params p = fsq_params("fsq", levels, eps);
+  check_fsq_input("fsq", "z", z, p);
+  check_cuda("fsq", "z", z);
+  DeviceGuard guard(z);
+  at::Tensor codes = at::empty_like(z);
+  at::Tensor indices = at::empty(z.sizes().slice(0, z.dim() - 1), z.options().dtype(at::kLong));
+  fsq_into("fsq", z, p, validate, codes, indices);
   return {codes, indices};
+}
+
+void fsq_out_cuda(const at::Tensor& z, c10::IntArrayRef levels, double eps, bool validate, at::Tensor& codes,
+                  at::Tensor& indices) {
+  const fsq::Params p = fsq_params("fsq_out", levels, eps);
+  check_fsq_input("fsq_out", "z", z, p);
+  check_cuda("fsq_out", "z", z);
+  check_fsq_outputs("fsq_out", z, codes, indices);
+  DeviceGuard guard(z);
+  fsq_into("fsq_out", z, p, validate, codes, indices);
 }
 
 at::Tensor fsq_backward_cuda(const at::Tensor& grad_codes, const at::Tensor& z, c10::IntArrayRef levels, double eps) {
@@ -111,6 +127,7 @@ at::Tensor fsq_indices_to_codes_cuda(const at::Tensor& indices, c10::IntArrayRef
 
 TORCH_LIBRARY_IMPL(flashstream, CUDA, m) {
   m.impl("fsq", &fsq_cuda);
+  m.impl("fsq_out", &fsq_out_cuda);
   m.impl("fsq_backward", &fsq_backward_cuda);
   m.impl("fsq_indices_to_codes", &fsq_indices_to_codes_cuda);
 }

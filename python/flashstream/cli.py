@@ -14,7 +14,7 @@ def _info() -> int:
     from flashstream import _C
 
     cuda_avail = torch.cuda.is_available()
-    print(f"flashstream {flashstream.__version__}")
+    print(f"flashstream {flashstream.__version__} (built from commit {_C.git_commit})")
     print(f"python      {platform.python_version()} ({sys.executable})")
     print(f"torch       {torch.__version__} (extension built against {_C.torch_version})")
     print(f"torch CUDA  {torch.version.cuda or 'none'}; GPU visible: "

@@ -31,6 +31,7 @@ struct LaneTables {
   alignas(64) float offset[kMaxPeriod];
   alignas(64) float shift[kMaxPeriod];
   alignas(64) float half_width[kMaxPeriod];
+  alignas(64) float inv_half_width[kMaxPeriod];
 };
 
 inline void make_lane_tables(const Params& p, LaneTables* t) {
@@ -45,6 +46,7 @@ inline void make_lane_tables(const Params& p, LaneTables* t) {
     t->offset[e] = p.offset[j];
     t->shift[e] = p.shift[j];
     t->half_width[e] = p.half_width[j];
+    t->inv_half_width[e] = p.inv_half_width[j];
   }
 }
 
@@ -66,40 +68,73 @@ inline void for_each_tile(const LaneTables& t, int d, const T* in, int64_t v_beg
   }
 }
 
+// q / (L // 2), correctly rounded: the FMA-refined reciprocal where make_params proved it exact
+// for these levels (see params.h), else a true division.
+FS_INLINE simd::vf divide_codes(simd::vf q, simd::vf hw, simd::vf inv_hw, bool reciprocal_exact) {
+  if (simd::kHasFma && reciprocal_exact) {
+    const simd::vf r = q * inv_hw;
+    return simd::fma(simd::fma(-r, hw, q), inv_hw, r);
+  }
+  return q / hw;
+}
+
+// index = sum_j digit_j * basis_j per vector; digit -1 marks a NaN. kDims > 0 unrolls common widths.
+template <int kDims>
+FS_INLINE bool combine_digits(const int32_t* __restrict digits, const int64_t* __restrict basis, int d,
+                              int64_t* __restrict indices, int64_t nv) {
+  const int dims = kDims > 0 ? kDims : d;
+  bool any_nan = false;
+  for (int64_t v = 0; v < nv; ++v) {
+    const int32_t* dv = digits + v * dims;
+    int64_t index = 0;
+    int32_t lowest = 0;
+    for (int j = 0; j < dims; ++j) {
+      lowest = dv[j] < lowest ? dv[j] : lowest;
+      index += int64_t(dv[j]) * basis[j];
+    }
+    indices[v] = lowest < 0 ? -1 : index;
+    any_nan |= lowest < 0;
+  }
+  return any_nan;
+}
+
 // codes/indices for vectors [v_begin, v_end). Returns true if some vector held a NaN (its index
 // is then -1 and its codes NaN).
 template <typename T>
 bool forward(const Params& p, const LaneTables& t, const T* z, T* codes, int64_t* indices,
              int64_t v_begin, int64_t v_end) {
   const int d = p.dims;
+  const bool reciprocal_exact = p.reciprocal_division_exact;
   alignas(64) T pad_in[kMaxTileElems];
   alignas(64) T pad_codes[kMaxTileElems];
   alignas(64) int32_t digits[kMaxTileElems];
+  alignas(64) int64_t basis[kMaxDims];
+  for (int j = 0; j < d; ++j) basis[j] = p.basis[j];
   bool any_nan = false;
   auto tile = [&](int64_t v0, int64_t nv, const T* zin, bool ragged) {
     T* cout = ragged ? pad_codes : codes + v0 * d;
-    for (int k = 0; k < t.tile_elems; k += simd::kLanes) {
-      const int c = k % t.period;
+    for (int k = 0, c = 0; k < t.tile_elems; k += simd::kLanes, c += simd::kLanes) {
+      if (c == t.period) c = 0;  // lane constants repeat every `period` elements
       const simd::vf x = simd::load(zin + k);
       const simd::vf hw = simd::load(t.half_width + c);
       const simd::vf b = simd::tanh(x + simd::load(t.shift + c)) * simd::load(t.half_l + c) - simd::load(t.offset + c);
       const simd::vf q = simd::round_even(b);
-      simd::store(cout + k, q / hw);
+      simd::store(cout + k, divide_codes(q, hw, simd::load(t.inv_half_width + c), reciprocal_exact));
       const simd::vi digit = __builtin_convertvector(q + hw, simd::vi);
       const simd::vi dig = q == q ? digit : simd::vi{} - 1;  // NaN -> -1
       std::memcpy(digits + k, &dig, sizeof dig);
     }
-    for (int64_t v = 0; v < nv; ++v) {
-      const int32_t* dv = digits + v * d;
-      int64_t index = 0;
-      bool nan = false;
-      for (int j = 0; j < d; ++j) {
-        nan |= dv[j] < 0;
-        index += int64_t(dv[j]) * p.basis[j];
-      }
-      indices[v0 + v] = nan ? -1 : index;
-      any_nan |= nan;
+    int64_t* out = indices + v0;
+    bool nan;
+    switch (d) {  // unrolled for the common widths
+      case 3: nan = combine_digits<3>(digits, basis, d, out, nv); break;
+      case 4: nan = combine_digits<4>(digits, basis, d, out, nv); break;
+      case 5: nan = combine_digits<5>(digits, basis, d, out, nv); break;
+      case 6: nan = combine_digits<6>(digits, basis, d, out, nv); break;
+      case 8: nan = combine_digits<8>(digits, basis, d, out, nv); break;
+      default: nan = combine_digits<0>(digits, basis, d, out, nv); break;
     }
+    any_nan |= nan;
   };
   auto finish = [&](int64_t v0, int64_t nv) { copy_n(pad_codes, nv * d, codes + v0 * d); };
   T* pad = pad_in;
@@ -123,10 +158,10 @@ void backward(const Params& p, const LaneTables& t, const T* grad_codes, const T
       gin = pad_g;
     }
     T* out = ragged ? pad_out : grad_z + v0 * d;
-    for (int k = 0; k < t.tile_elems; k += simd::kLanes) {
-      const int c = k % t.period;
+    for (int k = 0, c = 0; k < t.tile_elems; k += simd::kLanes, c += simd::kLanes) {
+      if (c == t.period) c = 0;
       const simd::vf th = simd::tanh(simd::load(zin + k) + simd::load(t.shift + c));
-      const simd::vf scale = simd::load(t.half_l + c) / simd::load(t.half_width + c);
+      const simd::vf scale = simd::load(t.half_l + c) * simd::load(t.inv_half_width + c);
       simd::store(out + k, simd::load(gin + k) * ((1.0f - th * th) * scale));
     }
   };

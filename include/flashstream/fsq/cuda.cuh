@@ -30,7 +30,7 @@ forward_kernel(const Params p, const T* __restrict__ z, T* __restrict__ codes,
 #pragma unroll
       for (int j = 0; j < kDims; ++j) {
         const float q = rintf(bounded(p, j, to_float(in[j])));
-        out[j] = from_float<T>(q / p.half_width[j]);
+        out[j] = from_float<T>(code_of(p, j, q));
         nan |= q != q;
         index += int64_t(q + p.half_width[j]) * p.basis[j];
       }
@@ -39,7 +39,7 @@ forward_kernel(const Params p, const T* __restrict__ z, T* __restrict__ codes,
       const int d = p.dims;
       for (int j = 0; j < d; ++j) {
         const float q = rintf(bounded(p, j, to_float(z[v * d + j])));
-        codes[v * d + j] = from_float<T>(q / p.half_width[j]);
+        codes[v * d + j] = from_float<T>(code_of(p, j, q));
         nan |= q != q;
         index += int64_t(q + p.half_width[j]) * p.basis[j];
       }

@@ -24,10 +24,42 @@ struct Params {
   float offset[kMaxDims];
   float shift[kMaxDims];
   float half_width[kMaxDims];  // L // 2, as the divisor of codes
+  float inv_half_width[kMaxDims];
+  // q / (L//2) equals the FMA-refined reciprocal product (divide_code) for every q of every
+  // dimension: checked exhaustively in make_params, so kernels may skip the slow division.
+  bool reciprocal_division_exact = false;
   int32_t levels[kMaxDims];
   int32_t half_width_int[kMaxDims];
   int64_t basis[kMaxDims];
 };
+
+// codes = q / hw computed as r = q * (1/hw) refined by one FMA Newton step: correctly rounded for
+// the small integer q of FSQ in every case tried, and make_params verifies it for the actual levels.
+FS_HOST_DEVICE FS_INLINE float divide_code(float q, float hw, float inv_hw) {
+#if defined(__CUDA_ARCH__)
+  const float r = __fmul_rn(q, inv_hw);
+  return __fmaf_rn(__fmaf_rn(-r, hw, q), inv_hw, r);
+#else
+  const float r = q * inv_hw;
+  return std::fma(std::fma(-r, hw, q), inv_hw, r);
+#endif
+}
+
+// Largest sum of levels for which the exhaustive check runs (per op call, so it must be cheap).
+inline constexpr int64_t kMaxCheckedLevelSum = 4096;
+
+inline bool reciprocal_division_is_exact(const Params& p) {
+  int64_t total = 0;
+  for (int j = 0; j < p.dims; ++j) total += p.levels[j];
+  if (total > kMaxCheckedLevelSum) return false;
+  for (int j = 0; j < p.dims; ++j) {
+    for (int32_t q = -p.half_width_int[j]; q <= p.levels[j] - 1 - p.half_width_int[j]; ++q) {
+      const float fq = float(q);
+      if (divide_code(fq, p.half_width[j], p.inv_half_width[j]) != fq / p.half_width[j]) return false;
+    }
+  }
+  return true;
+}
 
 enum class ParamsError { ok, no_dims, too_many_dims, level_too_small, level_too_large, codebook_overflow };
 
@@ -49,6 +81,7 @@ inline ParamsError make_params(const int64_t* levels, int dims, double eps, Para
     out->offset[j] = float(offset);
     out->shift[j] = float(std::tan(offset / half_l));
     out->half_width[j] = float(L / 2);
+    out->inv_half_width[j] = 1.0f / float(L / 2);
     out->levels[j] = int32_t(L);
     out->half_width_int[j] = int32_t(L / 2);
     out->basis[j] = basis;
@@ -57,6 +90,7 @@ inline ParamsError make_params(const int64_t* levels, int dims, double eps, Para
   }
   *bad_dim = -1;
   out->codebook_size = basis;
+  out->reciprocal_division_exact = reciprocal_division_is_exact(*out);
   return ParamsError::ok;
 }
 
@@ -70,6 +104,11 @@ inline const char* params_error_message(ParamsError e) {
     case ParamsError::codebook_overflow: return "the product of levels must fit in int64 (< 2^63)";
   }
   return "unknown error";
+}
+
+// Code value q / (L // 2), correctly rounded, by the fastest exact route.
+FS_HOST_DEVICE FS_INLINE float code_of(const Params& p, int j, float q) {
+  return p.reciprocal_division_exact ? divide_code(q, p.half_width[j], p.inv_half_width[j]) : q / p.half_width[j];
 }
 
 // The pre-rounding value tanh(z + shift) * half_l - offset, in fp32.

@@ -31,8 +31,8 @@ def codebook_size(levels: Sequence[int]) -> int:
     return math.prod(int_list("fsq", "levels", levels))
 
 
-def fsq(z: torch.Tensor, levels: Sequence[int], *, eps: float = 1e-3,
-        validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def fsq(z: torch.Tensor, levels: Sequence[int], *, eps: float = 1e-3, validate: bool = True,
+        out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``z`` to its FSQ codes and codebook indices.
 
     Args:
@@ -44,12 +44,20 @@ def fsq(z: torch.Tensor, levels: Sequence[int], *, eps: float = 1e-3,
         validate: raise ValueError if ``z`` holds a NaN (costs one device sync on CUDA; skipped
             while a CUDA graph is being captured). With ``validate=False`` such vectors get index
             -1 and NaN codes. Infinities are valid and saturate to the outermost level.
+        out: optional caller-owned ``(codes, indices)`` to write into instead of allocating (a
+            streaming loop then allocates nothing): contiguous, the shapes and dtypes below, on
+            z's device, overlapping neither z nor each other. Not differentiable.
 
     Returns:
         ``codes``: ``[..., d]``, z's dtype, values ``q / (L // 2)`` in [-1, 1];
         ``indices``: ``[...]`` int64 in ``[0, prod(levels))``, exact for every input dtype.
         ``codes`` is differentiable (straight-through); ``indices`` is not.
     """
+    if out is not None:
+        codes, indices = out
+        torch.ops.flashstream.fsq_out.default(z, int_list("fsq", "levels", levels), float(eps), bool(validate),
+                                              codes, indices)
+        return codes, indices
     return torch.ops.flashstream.fsq.default(z, int_list("fsq", "levels", levels), float(eps), bool(validate))
 
 
@@ -80,6 +88,14 @@ def _fsq_fake(z, levels, eps=1e-3, validate=True):
     torch._check(z.dim() >= 1, lambda: "flashstream.fsq: z must have a last dimension")
     _check_levels("fsq", levels, z.shape[-1])
     return torch.empty_like(z), z.new_empty(z.shape[:-1], dtype=torch.int64)
+
+
+@torch.library.register_fake("flashstream::fsq_out")
+def _fsq_out_fake(z, levels, eps, validate, codes, indices):
+    _check_levels("fsq_out", levels, z.shape[-1])
+    torch._check(codes.shape == z.shape, lambda: f"flashstream.fsq_out: codes must be z.shape = {list(z.shape)}, got {list(codes.shape)}")
+    torch._check(indices.shape == z.shape[:-1], lambda: f"flashstream.fsq_out: indices must be z.shape[:-1] = {list(z.shape[:-1])}, got {list(indices.shape)}")
+    return None
 
 
 @torch.library.register_fake("flashstream::fsq_backward")
