@@ -105,6 +105,29 @@ inline CausalConv1dArgs causal_conv1d_args(const char* op, const at::Tensor& x_i
   return a;
 }
 
+// A caller-owned output: [B, C, T], x's dtype and device, unit stride along the dim the kernels
+// vectorise (time, or channels for channel-last x), and sharing no memory with x or the state.
+inline void causal_conv1d_check_out(const char* op, CausalConv1dArgs& a, const at::Tensor& out,
+                                    const std::optional<at::Tensor>& state) {
+  auto& p = a.p;
+  check_dtype(op, "out", out, a.x.scalar_type());
+  check_same_device(op, "out", out, a.x, "x");
+  check_shape(op, "out", out, {p.batch, p.channels, p.seqlen}, "x.shape");
+  const bool unit = a.channel_last ? (p.channels <= 1 || out.stride(1) == 1) : (p.seqlen <= 1 || out.stride(2) == 1);
+  FS_CHECK_VALUE(unit, op, "out must be unit-stride along ", a.channel_last ? "channels (x is channel-last)" : "time",
+                 ", got strides ", shape_str(out.strides()));
+  FS_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes, op, "out must not overlap itself");
+  const auto overlaps = [&](const at::Tensor& t) {
+    const auto st = at::get_overlap_status(out, t);  // TooHard (strided views): assumed apart
+    return st == at::MemOverlapStatus::Full || st == at::MemOverlapStatus::Partial;
+  };
+  FS_CHECK_VALUE(!overlaps(a.x), op, "out must not share memory with x (the taps read inputs after outputs are written)");
+  FS_CHECK_VALUE(!state.has_value() || !overlaps(*state), op, "out must not share memory with state");
+  p.y_sb = out.stride(0); p.y_sc = out.stride(1); p.y_st = out.stride(2);
+  if (a.channel_last) p.y_sc = 1;
+  else p.y_st = 1;
+}
+
 // y [B, C, T] in x's layout (unit stride along channels or time), strides recorded in a.p.
 inline at::Tensor causal_conv1d_output(CausalConv1dArgs& a) {
   auto& p = a.p;

@@ -15,4 +15,7 @@ TORCH_LIBRARY(flashstream, m) {
   // state [B, C, (W-1)*dilation] (or a pool [P, ...] addressed by state_indices) is updated in place.
   m.def("causal_conv1d(Tensor x, Tensor weight, Tensor? bias=None, Tensor(a!)? state=None, int dilation=1, "
         "str? activation=None, Tensor? state_indices=None) -> Tensor");
+  // Into a caller-owned output: a streaming step with no allocation at all.
+  m.def("causal_conv1d_out(Tensor x, Tensor weight, Tensor? bias, Tensor(a!)? state, int dilation, str? activation, "
+        "Tensor? state_indices, Tensor(b!) out) -> ()");
 }

@@ -172,6 +172,36 @@ def test_other_layouts_are_copied(device):
     assert torch.equal(s.cpu().double(), s_ref)
 
 
+@pytest.mark.parametrize("channel_last", [False, True], ids=["time_major", "channel_last"])
+def test_out_is_written_and_returned(device, channel_last):
+    x, w, b, s = make(2, 24, 37, 6, 2, torch.float32, device, channel_last)
+    s0, s2 = s.clone(), s.clone()
+    want = causal_conv1d(x, w, b, s2, dilation=2, activation="silu")
+    out = torch.full_like(want, float("nan"))  # preserves x's layout
+    got = causal_conv1d(x, w, b, s, dilation=2, activation="silu", out=out)
+    assert got is out
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(s, s2, rtol=0, atol=0)
+    # a strided view of a bigger buffer is fine as long as the vectorised dim is unit-stride
+    big = torch.zeros(2, 24, 50, device=device)
+    if not channel_last:
+        causal_conv1d(x, w, b, s0, dilation=2, activation="silu", out=big[:, :, 5:42])
+        torch.testing.assert_close(big[:, :, 5:42], want, rtol=0, atol=0)
+        assert torch.all(big[:, :, :5] == 0) and torch.all(big[:, :, 42:] == 0)
+
+
+def test_out_rejects(device):
+    x, w, b, s = make(2, 8, 10, 4, 1, torch.float32, device)
+    expect_error(ValueError, r"flashstream.causal_conv1d: out must be x.shape = \[2, 8, 10\], got \[2, 8, 9\]",
+                 lambda: causal_conv1d(x, w, b, s, out=torch.empty(2, 8, 9, device=device)), s)
+    expect_error(TypeError, "flashstream.causal_conv1d: out must be Float, got Half",
+                 lambda: causal_conv1d(x, w, b, s, out=torch.empty(2, 8, 10, device=device, dtype=torch.half)), s)
+    expect_error(ValueError, "flashstream.causal_conv1d: out must be unit-stride along time",
+                 lambda: causal_conv1d(x, w, b, s, out=torch.empty(2, 10, 8, device=device).transpose(1, 2)), s)
+    expect_error(ValueError, "flashstream.causal_conv1d: out must not share memory with x",
+                 lambda: causal_conv1d(x, w, b, s, out=x), s)
+
+
 # ---- decode path and state pools ------------------------------------------------------------------
 
 @pytest.mark.parametrize("width,dilation", [(4, 1), (3, 2), (31, 1), (64, 8)], ids=str)
@@ -347,6 +377,8 @@ def test_opcheck(device):
     pool = torch.randn(4, 16, 2, device=device)
     idx = torch.tensor([3, 1], dtype=torch.int32, device=device)
     torch.library.opcheck(op, (x[:, :, :1].contiguous(), w3.float(), None, pool, 1, None, idx))
+    out = torch.empty_like(x)
+    torch.library.opcheck(torch.ops.flashstream.causal_conv1d_out.default, (x, w, b, s, 2, "silu", None, out))
 
 
 def test_torch_compile_fullgraph(device):
@@ -355,13 +387,22 @@ def test_torch_compile_fullgraph(device):
     def step(x, state):
         return causal_conv1d(x * 2.0, w, b, state, dilation=3, activation="silu") + 1.0
 
+    def step_out(x, state, out):
+        causal_conv1d(x, w, b, state, dilation=3, out=out)
+        return out * 2.0
+
     backend = "aot_eager" if device == "cpu" else "inductor"
     compiled = torch.compile(step, fullgraph=True, backend=backend)
+    compiled_out = torch.compile(step_out, fullgraph=True, backend=backend)
     s_eager = torch.randn(2, 16, 12, device=device)
     s_comp = s_eager.clone()
     for T in (7, 7, 1, 30):
         x = torch.randn(2, 16, T, device=device)
         torch.testing.assert_close(compiled(x, s_comp), step(x, s_eager), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(s_comp, s_eager, rtol=0, atol=0)
+        o_eager, o_comp = torch.empty_like(x), torch.empty_like(x)
+        torch.testing.assert_close(compiled_out(x, s_comp, o_comp), step_out(x, s_eager, o_eager), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(o_comp, o_eager, rtol=1e-6, atol=1e-6)
         torch.testing.assert_close(s_comp, s_eager, rtol=0, atol=0)
 
 

@@ -28,7 +28,7 @@ def state_len(width: int, dilation: int = 1) -> int:
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   state: torch.Tensor | None = None, *, dilation: int = 1, activation: str | None = None,
-                  state_indices: torch.Tensor | None = None) -> torch.Tensor:
+                  state_indices: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Depthwise causal convolution of ``x`` continuing from ``state``.
 
     Args:
@@ -49,10 +49,18 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             a host sync, so there an index ``>= P`` is treated as padding (never read or written
             out of bounds) and duplicates are the caller's error.
 
-    The call is CUDA-graph capturable: no allocation besides ``y`` and no host sync. A call that
-    raises leaves ``state`` as it was.
+        out: ``[B, C, T]`` of x's dtype to write ``y`` into (then returned): a streaming step with
+            no allocation at all. Unit-stride along time (channels for channel-last x); must not
+            share memory with ``x`` or ``state``.
+
+    The call is CUDA-graph capturable: no allocation besides ``y`` (none with ``out``) and no host
+    sync. A call that raises leaves ``state`` (and ``out``) as it was.
     """
     _check_no_grad(x, weight, bias)
+    if out is not None:
+        torch.ops.flashstream.causal_conv1d_out.default(x, weight, bias, state, int(dilation), activation,
+                                                        state_indices, out)
+        return out
     return torch.ops.flashstream.causal_conv1d.default(x, weight, bias, state, int(dilation), activation,
                                                        state_indices)
 
@@ -90,8 +98,7 @@ def _channel_last(x: torch.Tensor) -> tuple[bool, bool]:
     return c_unit and (not t_unit or T == 1), t_unit
 
 
-@torch.library.register_fake("flashstream::causal_conv1d")
-def _causal_conv1d_fake(x, weight, bias=None, state=None, dilation=1, activation=None, state_indices=None):
+def _check_fake(x, weight, state, dilation, activation, state_indices):
     op = "flashstream.causal_conv1d"
     torch._check(x.dtype in _FLOAT_DTYPES, lambda: f"{op}: x must be float32, float16 or bfloat16, got {x.dtype}")
     torch._check(x.dim() == 3, lambda: f"{op}: x must be [B, C, T], got {list(x.shape)}")
@@ -106,7 +113,19 @@ def _causal_conv1d_fake(x, weight, bias=None, state=None, dilation=1, activation
         torch._check(state.dim() == 3 and state.shape[1] == C and state.shape[2] == L,
                      lambda: f"{op}: state must be [B, C, (W-1)*dilation] = [{B}, {C}, {L}], got {list(state.shape)}")
     torch._check(state_indices is None or state is not None, lambda: f"{op}: state_indices needs a state pool")
+
+
+@torch.library.register_fake("flashstream::causal_conv1d")
+def _causal_conv1d_fake(x, weight, bias=None, state=None, dilation=1, activation=None, state_indices=None):
+    _check_fake(x, weight, state, dilation, activation, state_indices)
+    B, C, T = x.shape
     channel_last, _ = _channel_last(x)
     if channel_last:
         return x.new_empty((B, T, C)).transpose(1, 2)
     return x.new_empty((B, C, T))
+
+
+@torch.library.register_fake("flashstream::causal_conv1d_out")
+def _causal_conv1d_out_fake(x, weight, bias, state, dilation, activation, state_indices, out):
+    _check_fake(x, weight, state, dilation, activation, state_indices)
+    torch._check(out.shape == x.shape, lambda: f"flashstream.causal_conv1d: out must be x.shape = {list(x.shape)}, got {list(out.shape)}")
