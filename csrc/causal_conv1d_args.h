@@ -20,6 +20,7 @@ struct CausalConv1dArgs {
   conv::CausalConv1dParams p;
   bool channel_last = false;  // x (and y) unit-stride along channels rather than time
   at::Tensor x, weight;       // x possibly made contiguous; weight contiguous [C, W]
+  std::optional<at::Tensor> bias;  // contiguous [C]
 };
 
 inline DType conv_dtype_of(const at::Tensor& t) {
@@ -91,6 +92,7 @@ inline CausalConv1dArgs causal_conv1d_args(const char* op, const at::Tensor& x_i
   a.x = (c_unit || t_unit) ? x_in : x_in.contiguous();
   a.channel_last = use_channel_last(a.x);
   a.weight = weight_in.contiguous();
+  if (bias.has_value()) a.bias = bias->contiguous();
   auto& p = a.p;
   p.batch = B; p.channels = C; p.seqlen = T;
   p.width = int(W); p.dilation = int(dilation); p.state_len = L;

@@ -162,6 +162,17 @@ def test_strided_state_views(device):
             assert torch.equal(wide[:, :, :3], keep[:, :, :3]) and torch.equal(wide[:, :, 13:], keep[:, :, 13:])
 
 
+def test_strided_weight_and_bias(device):
+    x, _, _, s = make(2, 12, 40, 5, 1, torch.float32, device)
+    w = torch.randn(5, 12, device=device).t()  # [C, W] view with strides (1, C)
+    b = torch.randn(12, 2, device=device)[:, 1]  # stride 2
+    s0 = s.clone()
+    y = causal_conv1d(x, w, b, s)
+    y_ref, s_ref = causal_conv1d_reference(x, w, b, s0, 1)
+    assert_rel_close(y, y_ref, 1e-5)
+    assert torch.equal(s.cpu().double(), s_ref)
+
+
 def test_other_layouts_are_copied(device):
     x, w, b, s = make(2, 12, 40, 4, 1, torch.float32, device)
     xs = torch.randn(2, 24, 80, device=device)[:, ::2, ::2]  # neither dim unit-stride

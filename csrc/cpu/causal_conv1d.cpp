@@ -34,8 +34,8 @@ void check_indices(const char* op, const at::Tensor& indices, int64_t pool) {
 }
 
 // y = the output to fill (already checked and its strides recorded in a.p).
-void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at::Tensor>& bias,
-         const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& state_indices) {
+void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at::Tensor>& state,
+         const std::optional<at::Tensor>& state_indices) {
   const auto& k = kernels();
   const int64_t tasks = k.tasks(a.p, a.channel_last);
   if (tasks == 0 || a.p.seqlen == 0) return;
@@ -44,7 +44,7 @@ void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at:
   const int64_t work = (a.p.seqlen + 1) * a.p.width * (a.channel_last ? 32 : 1);
   const int64_t grain = work >= 32768 ? 1 : 32768 / work;
   const DType dt = conv_dtype_of(a.x);
-  const void* bias_ptr = bias.has_value() ? bias->const_data_ptr() : nullptr;
+  const void* bias_ptr = a.bias.has_value() ? a.bias->const_data_ptr() : nullptr;
   void* state_ptr = state.has_value() ? state->mutable_data_ptr() : nullptr;
   const int32_t* idx_ptr = state_indices.has_value() ? state_indices->const_data_ptr<int32_t>() : nullptr;
   void* y_ptr = y.mutable_data_ptr();
@@ -73,7 +73,7 @@ at::Tensor causal_conv1d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
                              const std::optional<at::Tensor>& state_indices) {
   CausalConv1dArgs a = checked_args("causal_conv1d", x, weight, bias, state, dilation, activation, state_indices);
   at::Tensor y = causal_conv1d_output(a);
-  run(a, y, bias, state, state_indices);
+  run(a, y, state, state_indices);
   return y;
 }
 
@@ -84,7 +84,7 @@ void causal_conv1d_out_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   const char* op = "causal_conv1d";
   CausalConv1dArgs a = checked_args(op, x, weight, bias, state, dilation, activation, state_indices);
   causal_conv1d_check_out(op, a, out, state);
-  run(a, out, bias, state, state_indices);
+  run(a, out, state, state_indices);
 }
 
 }  // namespace

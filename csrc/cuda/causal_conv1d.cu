@@ -11,10 +11,10 @@
 namespace flashstream::cuda {
 namespace {
 
-void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at::Tensor>& bias,
-         const std::optional<at::Tensor>& state, const std::optional<at::Tensor>& state_indices) {
+void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at::Tensor>& state,
+         const std::optional<at::Tensor>& state_indices) {
   const cudaStream_t stream = current_stream(a.x);
-  const void* bias_ptr = bias.has_value() ? bias->const_data_ptr() : nullptr;
+  const void* bias_ptr = a.bias.has_value() ? a.bias->const_data_ptr() : nullptr;
   void* state_ptr = state.has_value() ? state->mutable_data_ptr() : nullptr;
   const int32_t* idx_ptr = state_indices.has_value() ? state_indices->const_data_ptr<int32_t>() : nullptr;
   void* y_ptr = y.mutable_data_ptr();
@@ -51,7 +51,7 @@ at::Tensor causal_conv1d_cuda(const at::Tensor& x, const at::Tensor& weight, con
   CausalConv1dArgs a = checked_args("causal_conv1d", x, weight, bias, state, dilation, activation, state_indices);
   DeviceGuard guard(x);
   at::Tensor y = causal_conv1d_output(a);
-  run(a, y, bias, state, state_indices);
+  run(a, y, state, state_indices);
   return y;
 }
 
@@ -63,7 +63,7 @@ void causal_conv1d_out_cuda(const at::Tensor& x, const at::Tensor& weight, const
   CausalConv1dArgs a = checked_args(op, x, weight, bias, state, dilation, activation, state_indices);
   causal_conv1d_check_out(op, a, out, state);
   DeviceGuard guard(x);
-  run(a, out, bias, state, state_indices);
+  run(a, out, state, state_indices);
 }
 
 }  // namespace

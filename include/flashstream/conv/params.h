@@ -4,9 +4,9 @@
 //   y[b, c, t] = act(bias[c] + sum_k w[c, k] * in(b, c, t + k*dilation - L)),   L = (W-1)*dilation
 //   in(b, c, g) = x[b, c, g] for g >= 0, state[slot(b), c, L + g] for g < 0 (0 without a state)
 //
-// and afterwards state[slot(b), c, :] holds the last L inputs of state ++ x. Each output sums its
-// taps in the order k = 0..W-1 starting from the bias, on every path, so any chunking of x gives
-// the same numbers as one offline call.
+// and afterwards state[slot(b), c, :] holds the last L inputs of state ++ x. Each kernel sums an
+// output's taps in one fixed order that does not depend on where the output sits in its chunk, so
+// on one device and CPU ISA any chunking of x gives bit for bit the numbers of one offline call.
 #pragma once
 #include <cstdint>
 
