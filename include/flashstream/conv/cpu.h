@@ -21,6 +21,10 @@ inline constexpr int kBlockC = kBlockV * simd::kLanes;  // independent add chain
 
 FS_INLINE simd::vf silu(simd::vf v) { return v / (1.0f + simd::exp(-v)); }
 
+// Broadcast as one vbroadcastss: x * 1 folds away (exact), where simd::splat's 0 + x must stay
+// (it turns -0 into +0), costing an extra dependent add per tap.
+FS_INLINE simd::vf bcast(float x) { return (simd::vf{} + 1.0f) * x; }
+
 // One time-major window: a tile's outputs rounded up to lanes, plus the state length.
 inline int64_t window_floats(const CausalConv1dParams& p) { return kTile + p.state_len + simd::kLanes; }
 
@@ -39,7 +43,7 @@ FS_INLINE void copy_raw(T* dst, const T* src) { std::memcpy(static_cast<void*>(d
 template <typename T>
 inline void save_state_row(const CausalConv1dParams& p, T* srow, const T* xrow, int64_t x_st) {
   const int64_t L = p.state_len, Tn = p.seqlen;
-  if (p.s_sl == 1 && x_st == 1) {  // contiguous rows: one shift and one copy
+  if (p.s_sl == 1 && x_st == 1 && L > 16) {  // long contiguous rows: one shift and one copy
     const int64_t keep = Tn < L ? L - Tn : 0;
     if (keep > 0) std::memmove(static_cast<void*>(srow), srow + Tn, keep * sizeof(T));
     std::memcpy(static_cast<void*>(srow + keep), xrow + (Tn - (L - keep)), (L - keep) * sizeof(T));
@@ -101,13 +105,16 @@ inline void compute_tile(const CausalConv1dParams& p, const float* wf, float bf,
     const float* in = win + i;
     int k = 0;
     for (; k + 4 <= W; k += 4) {
-      a[0] += simd::splat(wf[k]) * simd::load(in + int64_t(k) * dil);
-      a[1] += simd::splat(wf[k + 1]) * simd::load(in + int64_t(k + 1) * dil);
-      a[2] += simd::splat(wf[k + 2]) * simd::load(in + int64_t(k + 2) * dil);
-      a[3] += simd::splat(wf[k + 3]) * simd::load(in + int64_t(k + 3) * dil);
+      a[0] += bcast(wf[k]) * simd::load(in + int64_t(k) * dil);
+      a[1] += bcast(wf[k + 1]) * simd::load(in + int64_t(k + 1) * dil);
+      a[2] += bcast(wf[k + 2]) * simd::load(in + int64_t(k + 2) * dil);
+      a[3] += bcast(wf[k + 3]) * simd::load(in + int64_t(k + 3) * dil);
     }
-    for (int j = 0; k < W; ++k, ++j) a[j] += simd::splat(wf[k]) * simd::load(in + int64_t(k) * dil);
-    simd::vf acc = simd::splat(bf) + ((a[0] + a[1]) + (a[2] + a[3]));
+    // the last W % 4 taps, with constant indices so the partial sums stay in registers
+    if (k < W) a[0] += bcast(wf[k]) * simd::load(in + int64_t(k) * dil);
+    if (k + 1 < W) a[1] += bcast(wf[k + 1]) * simd::load(in + int64_t(k + 1) * dil);
+    if (k + 2 < W) a[2] += bcast(wf[k + 2]) * simd::load(in + int64_t(k + 2) * dil);
+    simd::vf acc = bcast(bf) + ((a[0] + a[1]) + (a[2] + a[3]));
     if (p.silu) acc = silu(acc);
     if (i + V <= n) {
       simd::store(yrow + t0 + i, acc);

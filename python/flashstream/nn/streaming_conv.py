@@ -16,8 +16,10 @@ complete an output yet (stride > 1) simply wait there, so any chunk length works
 
 Depthwise stride-1 convs whose window starts at the state's start run on the fused
 :func:`flashstream.ops.causal_conv1d` kernel (state ``[B, C, (K-1)*dilation]`` updated in place).
-Every other conv (dense, grouped, strided, channel multipliers) runs ``F.conv1d`` over a work buffer
-that is preallocated per chunk length, so a step allocates only its output and never concatenates.
+Every other conv (dense, grouped, strided, channel multipliers) runs ``F.conv1d`` over one work
+buffer (state ++ chunk) that grows to the longest chunk seen, so a steady stream of chunks
+allocates only its outputs and never concatenates. The fused kernel is inference-only: call the
+module under ``torch.no_grad()`` / ``torch.inference_mode()``.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class StreamingConv1d(nn.Module):
                       and conv.kernel_size[0] <= MAX_WIDTH and self.left_pad == self.k_eff - 1)
         w = conv.weight
         self.register_buffer("state", w.new_zeros(batch_size, conv.in_channels, self.state_len), persistent=False)
-        self._work: dict[int, torch.Tensor] = {}
+        self._work: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -100,10 +102,12 @@ class StreamingConv1d(nn.Module):
         return avail // self.stride + 1 if avail >= 0 else 0
 
     def _work_buffer(self, t: int, like: torch.Tensor) -> torch.Tensor:
-        buf = self._work.get(t)
-        if buf is None or buf.device != like.device or buf.dtype != like.dtype:
-            buf = self._work[t] = like.new_empty(self.batch_size, self.conv.in_channels, self.state_len + t)
-        return buf
+        """A [B, C_in, R + t] view of the work buffer, grown (doubled) when a longer chunk comes."""
+        buf, need = self._work, self.state_len + t
+        if buf is None or buf.shape[-1] < need or buf.device != like.device or buf.dtype != like.dtype:
+            size = max(need, 2 * buf.shape[-1]) if buf is not None and buf.shape[-1] < need else need
+            buf = self._work = like.new_empty(self.batch_size, self.conv.in_channels, size)
+        return buf[:, :, :need]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, T = self.batch_size, self.conv.in_channels, x.shape[-1] if x.dim() == 3 else -1
