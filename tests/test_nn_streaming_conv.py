@@ -271,3 +271,47 @@ def test_cuda_graph_step():
         outs.append(y.clone())
     ref = F.conv1d(F.pad(data, (3, 0)), conv.weight, conv.bias, groups=64)
     torch.testing.assert_close(torch.cat(outs, -1), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_align_branches_of_different_delays():
+    torch.manual_seed(1)
+    a_layers = [nn.Conv1d(4, 5, 9, padding=4), nn.ReLU(), nn.Conv1d(5, 5, 5, dilation=2, padding=4)]
+    b_layers = [nn.Conv1d(4, 5, 3, padding=1)]
+    a = StreamingSequential(*copy.deepcopy(a_layers), mode="centered", batch_size=2)
+    b = StreamingSequential(*copy.deepcopy(b_layers), mode="centered", batch_size=2)
+    align = AlignBranches(a, b, channels=5, batch_size=2)
+    assert (a.delay, b.delay, align.delay) == (8, 1, 8)
+    x = torch.randn(2, 4, 300)
+    ya, yb, t = [], [], 0
+    with torch.no_grad():
+        for n in chunks(300, random.Random(5), "primes"):
+            oa, ob = align(x[:, :, t:t + n])
+            ya.append(oa)
+            yb.append(ob)
+            t += n
+    ref_a, ref_b = settled(nn.Sequential(*a_layers), x), settled(nn.Sequential(*b_layers), x)
+    for y, ref in ((torch.cat(ya, -1), ref_a), (torch.cat(yb, -1), ref_b)):
+        n = min(ref.shape[-1], 300 - align.delay)
+        assert_rel_close(y[:, :, align.delay:align.delay + n], ref[:, :, :n], 1e-5)
+
+
+def test_channel_last_chunks_and_grad_mode():
+    conv = nn.Conv1d(32, 32, 4, groups=32)
+    m = StreamingConv1d(conv, batch_size=2)
+    x = torch.randn(2, 100, 32).transpose(1, 2)  # [B, C, T] view of a [B, T, C] tensor
+    y = stream(m, x, chunks(100, random.Random(9), "random"))
+    ref = F.conv1d(F.pad(x.double(), (3, 0)), conv.weight.double(), conv.bias.double(), groups=32)
+    assert_rel_close(y, ref)
+    with pytest.raises(RuntimeError, match="inference only"):
+        m(x[:, :, :4])  # grad mode with parameters that require grad: the kernel has no backward
+
+
+def test_conv_transpose_reset():
+    conv = nn.ConvTranspose1d(3, 2, 6, stride=2, padding=2)
+    m = StreamingConvTranspose1d(conv)
+    x = torch.randn(1, 3, 40)
+    a = stream(m, x, [7] * 5 + [5])
+    m.reset()
+    assert torch.equal(stream(m, x, [7] * 5 + [5]), a)  # reset: the same run again, bit for bit
+    m.reset()
+    assert_rel_close(stream(m, x, [1] * 40), a.double())  # overlap-add order differs: rounding only
