@@ -124,6 +124,12 @@ save_state_kernel(const CausalConv1dParams p, const T* __restrict__ x, T* __rest
   }
 }
 
+// One launch (decode_kernel) for short chunks and for chunks shorter than the state, whose
+// in-place shift must stay within one thread; two (forward + save_state) otherwise.
+inline bool use_decode_kernel(const CausalConv1dParams& p) {
+  return p.seqlen <= kDecodeMaxT || p.seqlen < p.state_len;
+}
+
 template <typename Fn>
 inline cudaError_t dispatch_width(int width, Fn&& fn) {
   switch (width) {
@@ -134,13 +140,14 @@ inline cudaError_t dispatch_width(int width, Fn&& fn) {
   }
 }
 
+#if defined(__CUDACC__)  // host compilers (tests/cuda_emu) see the kernels only, and run them serially
 // y = conv(state ++ x), state updated; all on `stream`, no host sync.
 template <typename T>
 cudaError_t launch_causal_conv1d(const CausalConv1dParams& p, const T* x, const T* weight, const T* bias, T* state,
                                  const int32_t* indices, T* y, bool channel_last, cudaStream_t stream) {
   const int64_t rows = p.batch * p.channels;
   if (rows == 0 || p.seqlen == 0) return cudaSuccess;
-  const bool one_kernel = p.seqlen <= kDecodeMaxT || p.seqlen < p.state_len;
+  const bool one_kernel = use_decode_kernel(p);
   return dispatch_width(p.width, [&](auto width) {
     constexpr int kW = decltype(width)::value;
     if (one_kernel) {
@@ -158,5 +165,6 @@ cudaError_t launch_causal_conv1d(const CausalConv1dParams& p, const T* x, const 
     return cudaGetLastError();
   });
 }
+#endif  // __CUDACC__
 
 }  // namespace flashstream::conv::cuda
