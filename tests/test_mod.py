@@ -467,3 +467,25 @@ def test_cuda_graph_capture():
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, step())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(B=st.integers(0, 3), T=st.integers(1, 60), D=st.integers(1, 70), frac=st.floats(0.0, 1.0),
+       dtype=st.sampled_from(DTYPES), weighted=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_fuzz_gather_scatter(B, T, D, frac, dtype, weighted, seed):
+    torch.manual_seed(seed)
+    x = torch.randn(B, T, D).to(dtype)
+    indices, weights = mod_route(torch.randn(B, T), frac, routable=torch.rand(B, T) > 0.5)
+    weights = weights.to(dtype) if weighted else None
+    delta = torch.randn(B, indices.shape[1], D).to(dtype)
+    assert torch.equal(mod_gather(x, indices), gather_reference(x, indices))
+    torch.testing.assert_close(mod_scatter(x, delta, indices, weights), scatter_reference(x, delta, indices, weights))
+
+
+def test_scatter_unvalidated_out_of_range_is_skipped(device):
+    x = torch.randn(2, 10, 4, device=device)
+    delta = torch.randn(2, 3, 4, device=device)
+    bad = torch.tensor([[1, 4, 10], [-7, 2, 1 << 40]], device=device)
+    out = mod_scatter(x, delta, bad, validate=False)
+    want = scatter_reference(x.cpu(), delta.cpu(), torch.tensor([[1, 4, -1], [-1, 2, -1]]))
+    torch.testing.assert_close(out.cpu(), want)
