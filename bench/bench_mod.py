@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         ap.error(f"--tokens must be a multiple of the frame length {FRAME}")
     dtype = torch.bfloat16 if cuda else torch.float32
     heads = max(1, D // 128) if cuda else max(1, D // 64)
-    kw = ({"reps": 10} if args.quick else {}) if cuda else {"min_run_time": 0.2 if args.quick else 0.5}
+    kw = ({"reps": 10} if args.quick else {}) if cuda else ({"min_run_time": 0.2} if args.quick else {})
     capacities = (0.2, 0.5, 1.0) if args.quick else CAPACITIES
 
     torch.manual_seed(0)
