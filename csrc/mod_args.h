@@ -44,12 +44,14 @@ inline void check_mod_like(const char* op, const char* arg, const at::Tensor& t,
   check_contiguous(op, arg, t);
 }
 
+// `delta_arg` names the rows argument: "delta", or "y" for the ops taking the block's output.
 inline void check_mod_scatter_args(const char* op, const at::Tensor& x, const at::Tensor& delta,
-                                   const at::Tensor& indices, const std::optional<at::Tensor>& weights) {
+                                   const at::Tensor& indices, const std::optional<at::Tensor>& weights,
+                                   const char* delta_arg = "delta") {
   check_mod_x(op, x);
   check_mod_indices(op, indices, x);
   const int64_t B = x.size(0), K = indices.size(1), D = x.size(2);
-  check_mod_like(op, "delta", delta, x, {B, K, D}, "[B, K, D]");
+  check_mod_like(op, delta_arg, delta, x, {B, K, D}, "[B, K, D]");
   if (weights) check_mod_like(op, "weights", *weights, x, {B, K}, "[B, K]");
 }
 

@@ -16,4 +16,6 @@ TORCH_LIBRARY(flashstream, m) {
         "-> (Tensor x_sel, Tensor normed)");
   m.def("mod_scatter(Tensor x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
   m.def("mod_scatter_(Tensor(a!) x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
+  m.def("mod_scatter_output(Tensor x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
+  m.def("mod_scatter_output_(Tensor(a!) x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
 }

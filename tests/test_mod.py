@@ -8,7 +8,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from flashstream.ops import (keep_count, mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_)
+from flashstream.ops import (keep_count, mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_,
+                             mod_scatter_output, mod_scatter_output_)
 from references.mod import gather_reference, rmsnorm_reference, route_reference, scatter_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -205,6 +206,27 @@ def test_scatter(device, dtype, D, weighted):
     assert torch.equal(y, out)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", [3, 64])
+def test_scatter_output(device, dtype, D):
+    # The block returned y = x_sel + f: kept rows get x + w * (y - x), the residual not rescaled.
+    B, T = 2, 50
+    x = torch.randn(B, T, D, device=device).to(dtype)
+    indices, weights = route_for(B, T, 0.4, device)
+    weights = weights.to(dtype)
+    y = (gather_reference(x, indices).float() + torch.randn(B, indices.shape[1], D, device=device)).to(dtype)
+    out = mod_scatter_output(x, y, indices, weights)
+    want = x.clone()
+    for b in range(B):
+        for k, t in enumerate(indices[b].tolist()):
+            if t >= 0:
+                xf = x[b, t].float()
+                want[b, t] = (xf + weights[b, k].float() * (y[b, k].float() - xf)).to(dtype)
+    torch.testing.assert_close(out, want)
+    z = x.clone()
+    assert mod_scatter_output_(z, y, indices, weights) is z and torch.equal(z, out)
+
+
 def test_ops_every_cpu_isa(cpu_isa):
     for D in (1, 7, 8, 33, 64, 129):
         for dtype in DTYPES:
@@ -257,6 +279,21 @@ def test_gather_scatter_gradients(device):
     assert grads[1].abs().sum() > 0  # the router learns through the weights
 
 
+def test_scatter_output_gradients(device):
+    B, T, D = 2, 30, 8
+    x = torch.randn(B, T, D, device=device, requires_grad=True)
+    scores = torch.randn(B, T, device=device, requires_grad=True)
+    indices, weights = mod_route(scores, 0.4)
+    y = torch.randn(B, indices.shape[1], D, device=device, requires_grad=True)
+    g = torch.randn(B, T, D, device=device)
+    got = torch.autograd.grad(mod_scatter_output(x, y, indices, weights), (x, y, scores), g, retain_graph=True)
+    idx = indices.unsqueeze(-1).expand(-1, -1, D)
+    ref = x.scatter(1, idx, x.gather(1, idx) + weights.unsqueeze(-1) * (y - x.gather(1, idx)))
+    want = torch.autograd.grad(ref, (x, y, scores), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
 def test_gather_rmsnorm_gradients(device):
     B, T, D = 2, 30, 20
     x = torch.randn(B, T, D, device=device, requires_grad=True)
@@ -293,6 +330,9 @@ def test_opcheck(device):
                                                     weights.clone().requires_grad_(), True))
     torch.library.opcheck(ops.mod_scatter.default, (x, delta, indices, None, False))
     torch.library.opcheck(ops.mod_scatter_.default, (x.clone(), delta, indices, weights, True))
+    torch.library.opcheck(ops.mod_scatter_output.default, (x.clone().requires_grad_(), delta.clone().requires_grad_(),
+                                                           indices, weights.clone().requires_grad_(), True))
+    torch.library.opcheck(ops.mod_scatter_output_.default, (x.clone(), delta, indices, None, True))
 
 
 def test_torch_compile_fullgraph(device):
@@ -373,6 +413,10 @@ def test_rejects_bad_arguments(device):
         mod_scatter(x, torch.randn(2, 3, 4, device=device), idx)
     with pytest.raises(TypeError, match="flashstream.mod_scatter: delta must be Float, got BFloat16"):
         mod_scatter(x, delta.bfloat16(), idx)
+    with pytest.raises(ValueError, match=r"flashstream.mod_scatter_output: y must be \[B, K, D\] = \[2, 2, 4\], got \[2, 3, 4\]"):
+        mod_scatter_output(x, torch.randn(2, 3, 4, device=device), idx)
+    with pytest.raises(ValueError, match="flashstream.mod_scatter_output_: indices rows must be strictly increasing"):
+        mod_scatter_output_(x.clone(), delta, torch.tensor([[4, 1], [0, 2]], device=device))
     with pytest.raises(ValueError, match=r"flashstream.mod_scatter: weights must be \[B, K\] = \[2, 2\], got \[2\]"):
         mod_scatter(x, delta, idx, torch.ones(2, device=device))
     with pytest.raises(ValueError, match=r"flashstream.mod_gather_rmsnorm: norm_weight must be \[D\] = \[4\], got \[5\]"):

@@ -91,6 +91,30 @@ def test_routed_block(device, fused_norm):
     assert torch.equal(out[skipped], x[skipped])  # bit-identical
 
 
+class OutputBlock(nn.Module):
+    """The same block, returning x + f(x) as Hugging Face layers do."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, positions=None):
+        return x + self.inner(x, positions=positions)
+
+
+def test_block_returning_its_output(device):
+    mod, block, router = make(0.3)
+    mod.to(device)
+    out_mod = MoDBlock(OutputBlock(block), 0.3, router, returns_output=True).to(device)
+    x = torch.randn(2, 64, D, device=device)
+    out, indices, _ = out_mod(x, return_route=True)
+    # Same as the delta form: the residual is not scaled by the router weight.
+    torch.testing.assert_close(out, mod(x), rtol=1e-5, atol=1e-5)
+    skipped = torch.ones(2, 64, dtype=torch.bool, device=device)
+    skipped.scatter_(1, indices, False)
+    assert torch.equal(out[skipped], x[skipped])
+
+
 def test_per_frame_routing_keeps_text(device):
     mod, block, router = make(0.25)
     mod.to(device)

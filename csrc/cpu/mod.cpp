@@ -79,21 +79,20 @@ std::tuple<at::Tensor, at::Tensor> mod_gather_rmsnorm_cpu(const at::Tensor& x, c
   return {out, normed};
 }
 
-void scatter_into(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+void scatter_into(bool output, const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
                   const std::optional<at::Tensor>& weights, at::Tensor& out) {
   const int64_t T = x.size(1), D = x.size(2), K = indices.size(1);
   const auto& k = kernels();
   const void* w = weights ? weights->const_data_ptr() : nullptr;
   at::parallel_for(0, x.size(0) * K, row_grain(D, x.element_size()), [&](int64_t begin, int64_t end) {
-    k.scatter(mod_dtype(x), x.const_data_ptr(), delta.const_data_ptr(), indices.const_data_ptr<int64_t>(), w,
+    k.scatter(mod_dtype(x), output, x.const_data_ptr(), delta.const_data_ptr(), indices.const_data_ptr<int64_t>(), w,
               out.mutable_data_ptr(), K, T, D, begin, end);
   });
 }
 
-at::Tensor mod_scatter_cpu(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
-                           const std::optional<at::Tensor>& weights, bool validate) {
-  const char* op = "mod_scatter";
-  check_mod_scatter_args(op, x, delta, indices, weights);
+at::Tensor scatter_cpu(const char* op, bool output, const at::Tensor& x, const at::Tensor& delta,
+                       const at::Tensor& indices, const std::optional<at::Tensor>& weights, bool validate) {
+  check_mod_scatter_args(op, x, delta, indices, weights, output ? "y" : "delta");
   check_cpu(op, "x", x);
   if (validate) validate_indices(op, indices, x.size(1), true);
   at::Tensor out = at::empty_like(x);
@@ -103,18 +102,37 @@ at::Tensor mod_scatter_cpu(const at::Tensor& x, const at::Tensor& delta, const a
   const char* src = static_cast<const char*>(x.const_data_ptr());
   char* dst = static_cast<char*>(out.mutable_data_ptr());
   at::parallel_for(0, bytes, 1 << 20, [&](int64_t begin, int64_t end) { std::memcpy(dst + begin, src + begin, end - begin); });
-  scatter_into(x, delta, indices, weights, out);
+  scatter_into(output, x, delta, indices, weights, out);
   return out;
+}
+
+void scatter_inplace_cpu(const char* op, bool output, at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+                         const std::optional<at::Tensor>& weights, bool validate) {
+  check_mod_scatter_args(op, x, delta, indices, weights, output ? "y" : "delta");
+  check_cpu(op, "x", x);
+  if (validate) validate_indices(op, indices, x.size(1), true);
+  if (x.numel() == 0) return;
+  scatter_into(output, x, delta, indices, weights, x);
+}
+
+at::Tensor mod_scatter_cpu(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+                           const std::optional<at::Tensor>& weights, bool validate) {
+  return scatter_cpu("mod_scatter", false, x, delta, indices, weights, validate);
 }
 
 void mod_scatter_inplace_cpu(at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
                              const std::optional<at::Tensor>& weights, bool validate) {
-  const char* op = "mod_scatter_";
-  check_mod_scatter_args(op, x, delta, indices, weights);
-  check_cpu(op, "x", x);
-  if (validate) validate_indices(op, indices, x.size(1), true);
-  if (x.numel() == 0) return;
-  scatter_into(x, delta, indices, weights, x);
+  scatter_inplace_cpu("mod_scatter_", false, x, delta, indices, weights, validate);
+}
+
+at::Tensor mod_scatter_output_cpu(const at::Tensor& x, const at::Tensor& y, const at::Tensor& indices,
+                                  const std::optional<at::Tensor>& weights, bool validate) {
+  return scatter_cpu("mod_scatter_output", true, x, y, indices, weights, validate);
+}
+
+void mod_scatter_output_inplace_cpu(at::Tensor& x, const at::Tensor& y, const at::Tensor& indices,
+                                    const std::optional<at::Tensor>& weights, bool validate) {
+  scatter_inplace_cpu("mod_scatter_output_", true, x, y, indices, weights, validate);
 }
 
 std::tuple<at::Tensor, at::Tensor> mod_route_cpu(const at::Tensor& scores, double capacity,
@@ -167,6 +185,8 @@ TORCH_LIBRARY_IMPL(flashstream, CPU, m) {
   m.impl("mod_gather_rmsnorm", &mod_gather_rmsnorm_cpu);
   m.impl("mod_scatter", &mod_scatter_cpu);
   m.impl("mod_scatter_", &mod_scatter_inplace_cpu);
+  m.impl("mod_scatter_output", &mod_scatter_output_cpu);
+  m.impl("mod_scatter_output_", &mod_scatter_output_inplace_cpu);
 }
 
 }  // namespace flashstream::cpu

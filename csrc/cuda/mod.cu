@@ -95,23 +95,22 @@ std::tuple<at::Tensor, at::Tensor> mod_gather_rmsnorm_cuda(const at::Tensor& x, 
   return {out, normed};
 }
 
-void scatter_into(const char* op, const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+void scatter_into(const char* op, bool output, const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
                   const std::optional<at::Tensor>& weights, at::Tensor& out, cudaStream_t stream) {
   const int64_t B = x.size(0), T = x.size(1), D = x.size(2), K = indices.size(1);
   if (B * K * D == 0) return;
   check_launch(by_dtype(mod_dtype(x), [&](auto v) {
     using V = decltype(v);
-    return mk::launch_scatter<V>(static_cast<const V*>(x.const_data_ptr()), static_cast<const V*>(delta.const_data_ptr()),
-                                 indices.const_data_ptr<int64_t>(),
-                                 weights ? static_cast<const V*>(weights->const_data_ptr()) : nullptr,
-                                 static_cast<V*>(out.mutable_data_ptr()), B, K, T, D, stream);
+    const auto launch = output ? &mk::launch_scatter<true, V> : &mk::launch_scatter<false, V>;
+    return launch(static_cast<const V*>(x.const_data_ptr()), static_cast<const V*>(delta.const_data_ptr()),
+                  indices.const_data_ptr<int64_t>(), weights ? static_cast<const V*>(weights->const_data_ptr()) : nullptr,
+                  static_cast<V*>(out.mutable_data_ptr()), B, K, T, D, stream);
   }), op);
 }
 
-at::Tensor mod_scatter_cuda(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
-                            const std::optional<at::Tensor>& weights, bool validate) {
-  const char* op = "mod_scatter";
-  check_mod_scatter_args(op, x, delta, indices, weights);
+at::Tensor scatter_cuda(const char* op, bool output, const at::Tensor& x, const at::Tensor& delta,
+                        const at::Tensor& indices, const std::optional<at::Tensor>& weights, bool validate) {
+  check_mod_scatter_args(op, x, delta, indices, weights, output ? "y" : "delta");
   check_cuda(op, "x", x);
   DeviceGuard guard(x);
   const cudaStream_t stream = current_stream(x);
@@ -121,19 +120,38 @@ at::Tensor mod_scatter_cuda(const at::Tensor& x, const at::Tensor& delta, const 
   if (bytes == 0) return out;
   // Skipped tokens are a plain copy of x (bit-identical); the kept rows are then overwritten.
   check_launch(cudaMemcpyAsync(out.mutable_data_ptr(), x.const_data_ptr(), bytes, cudaMemcpyDeviceToDevice, stream), op);
-  scatter_into(op, x, delta, indices, weights, out, stream);
+  scatter_into(op, output, x, delta, indices, weights, out, stream);
   return out;
 }
 
-void mod_scatter_inplace_cuda(at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
-                              const std::optional<at::Tensor>& weights, bool validate) {
-  const char* op = "mod_scatter_";
-  check_mod_scatter_args(op, x, delta, indices, weights);
+void scatter_inplace_cuda(const char* op, bool output, at::Tensor& x, const at::Tensor& delta,
+                          const at::Tensor& indices, const std::optional<at::Tensor>& weights, bool validate) {
+  check_mod_scatter_args(op, x, delta, indices, weights, output ? "y" : "delta");
   check_cuda(op, "x", x);
   DeviceGuard guard(x);
   const cudaStream_t stream = current_stream(x);
   if (validate) validate_indices(op, indices, x.size(1), true, stream);
-  scatter_into(op, x, delta, indices, weights, x, stream);
+  scatter_into(op, output, x, delta, indices, weights, x, stream);
+}
+
+at::Tensor mod_scatter_cuda(const at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+                            const std::optional<at::Tensor>& weights, bool validate) {
+  return scatter_cuda("mod_scatter", false, x, delta, indices, weights, validate);
+}
+
+void mod_scatter_inplace_cuda(at::Tensor& x, const at::Tensor& delta, const at::Tensor& indices,
+                              const std::optional<at::Tensor>& weights, bool validate) {
+  scatter_inplace_cuda("mod_scatter_", false, x, delta, indices, weights, validate);
+}
+
+at::Tensor mod_scatter_output_cuda(const at::Tensor& x, const at::Tensor& y, const at::Tensor& indices,
+                                   const std::optional<at::Tensor>& weights, bool validate) {
+  return scatter_cuda("mod_scatter_output", true, x, y, indices, weights, validate);
+}
+
+void mod_scatter_output_inplace_cuda(at::Tensor& x, const at::Tensor& y, const at::Tensor& indices,
+                                     const std::optional<at::Tensor>& weights, bool validate) {
+  scatter_inplace_cuda("mod_scatter_output_", true, x, y, indices, weights, validate);
 }
 
 std::tuple<at::Tensor, at::Tensor> mod_route_cuda(const at::Tensor& scores, double capacity,
@@ -223,6 +241,8 @@ TORCH_LIBRARY_IMPL(flashstream, CUDA, m) {
   m.impl("mod_gather_rmsnorm", &mod_gather_rmsnorm_cuda);
   m.impl("mod_scatter", &mod_scatter_cuda);
   m.impl("mod_scatter_", &mod_scatter_inplace_cuda);
+  m.impl("mod_scatter_output", &mod_scatter_output_cuda);
+  m.impl("mod_scatter_output_", &mod_scatter_output_inplace_cuda);
 }
 
 }  // namespace flashstream::cuda

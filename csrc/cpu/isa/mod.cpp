@@ -48,12 +48,13 @@ void gather_rmsnorm(DType dt, const void* x, const int64_t* idx, const void* w, 
   });
 }
 
-void scatter(DType dt, const void* x, const void* delta, const int64_t* idx, const void* weights, void* out,
-             int64_t K, int64_t T, int64_t D, int64_t b, int64_t e) {
+void scatter(DType dt, bool output, const void* x, const void* delta, const int64_t* idx, const void* weights,
+             void* out, int64_t K, int64_t T, int64_t D, int64_t b, int64_t e) {
   by_dtype(dt, [&](auto v) {
     using V = decltype(v);
-    mod::cpu::scatter(static_cast<const V*>(x), static_cast<const V*>(delta), idx, static_cast<const V*>(weights),
-                      static_cast<V*>(out), K, T, D, b, e);
+    const auto run = output ? &mod::cpu::scatter<true, V> : &mod::cpu::scatter<false, V>;
+    run(static_cast<const V*>(x), static_cast<const V*>(delta), idx, static_cast<const V*>(weights),
+        static_cast<V*>(out), K, T, D, b, e);
   });
 }
 

@@ -12,8 +12,9 @@ struct ModCpuKernels {
                  int64_t begin, int64_t end);
   void (*gather_rmsnorm)(DType dtype, const void* x, const int64_t* idx, const void* weight, float eps, void* out,
                          void* normed, int64_t K, int64_t T, int64_t D, int64_t begin, int64_t end);
-  void (*scatter)(DType dtype, const void* x, const void* delta, const int64_t* idx, const void* weights, void* out,
-                  int64_t K, int64_t T, int64_t D, int64_t begin, int64_t end);
+  // output: `delta` is the block's output y (x + f), and kept rows get x + w * (y - x).
+  void (*scatter)(DType dtype, bool output, const void* x, const void* delta, const int64_t* idx, const void* weights,
+                  void* out, int64_t K, int64_t T, int64_t D, int64_t begin, int64_t end);
   // Route rows [begin, end) of scores [B, T]: marks keep [B, T] and kept [B]; returns true if some
   // row's routable group ids decrease.
   bool (*route_mark)(DType dtype, const void* scores, const int64_t* groups, const uint8_t* routable, int64_t T,

@@ -12,17 +12,23 @@ inline namespace FLASHSTREAM_ISA {  // see simd.h: per-ISA symbols
 
 using simd::kLanes;
 
-// out = x + w * delta over one row of n elements (out may alias x).
-template <typename T>
+// The update of one kept element: x + w * delta, or, when the block returned its output y = x + f
+// instead of the delta f (kOutput), x + w * (y - x).
+template <bool kOutput>
+FS_INLINE simd::vf residual(simd::vf x, simd::vf d, simd::vf w) { return kOutput ? x + w * (d - x) : x + w * d; }
+
+// out = residual(x, delta, w) over one row of n elements (out may alias x).
+template <bool kOutput, typename T>
 FS_INLINE void axpy_row(const T* x, const T* delta, float w, T* out, int64_t n) {
   const simd::vf wv = simd::splat(w);
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) simd::store(out + i, simd::load(x + i) + wv * simd::load(delta + i));
+  for (; i + kLanes <= n; i += kLanes)
+    simd::store(out + i, residual<kOutput>(simd::load(x + i), simd::load(delta + i), wv));
   if (i < n) {
     alignas(64) T px[kLanes] = {}, pd[kLanes] = {}, po[kLanes];
     std::memcpy(px, x + i, (n - i) * sizeof(T));
     std::memcpy(pd, delta + i, (n - i) * sizeof(T));
-    simd::store(po, simd::load(px) + wv * simd::load(pd));
+    simd::store(po, residual<kOutput>(simd::load(px), simd::load(pd), wv));
     std::memcpy(out + i, po, (n - i) * sizeof(T));
   }
 }
@@ -80,8 +86,9 @@ void gather_rmsnorm(const T* x, const int64_t* idx, const T* weight, float eps, 
 }
 
 // Kept rows [begin, end) of the flat [B * K] indices: out[b, idx] = x[b, idx] + w * delta[r] (w = 1
-// without weights). `out` already holds x (or is x, for the in-place op); padding is skipped.
-template <typename T>
+// without weights), or x + w * (delta[r] - x) with kOutput. `out` already holds x (or is x, for the
+// in-place ops); padding is skipped.
+template <bool kOutput, typename T>
 void scatter(const T* x, const T* delta, const int64_t* idx, const T* weights, T* out, int64_t K, int64_t T_,
              int64_t D, int64_t begin, int64_t end) {
   for (int64_t r = begin; r < end; ++r) {
@@ -89,7 +96,7 @@ void scatter(const T* x, const T* delta, const int64_t* idx, const T* weights, T
     if (!(i >= 0 && i < T_)) continue;
     const int64_t row = (r / K) * T_ + i;
     const float w = weights ? to_float(weights[r]) : 1.0f;
-    axpy_row(x + row * D, delta + r * D, w, out + row * D, D);
+    axpy_row<kOutput>(x + row * D, delta + r * D, w, out + row * D, D);
   }
 }
 

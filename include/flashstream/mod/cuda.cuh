@@ -58,7 +58,8 @@ gather_kernel(const T* __restrict__ x, const int64_t* __restrict__ idx, T* __res
 }
 
 // ---- scatter: out[b, idx] = x[b, idx] + w * delta (out already holds x, or is x) ---------------
-template <typename T, int V>
+// kOutput: `delta` is the block's output y = x + f, and out = x + w * (y - x).
+template <bool kOutput, typename T, int V>
 __global__ void __launch_bounds__(kThreads)
 scatter_kernel(const T* x, const T* __restrict__ delta, const int64_t* __restrict__ idx,
                const T* __restrict__ weights, T* out, int64_t rows, int64_t K, int64_t T_, int64_t D) {
@@ -73,7 +74,10 @@ scatter_kernel(const T* x, const T* __restrict__ delta, const int64_t* __restric
     load_row(x + off, xv);
     load_row(delta + r * D + c * V, dv);
 #pragma unroll
-    for (int j = 0; j < V; ++j) ov[j] = from_float<T>(to_float(xv[j]) + w * to_float(dv[j]));
+    for (int j = 0; j < V; ++j) {
+      const float xf = to_float(xv[j]), df = to_float(dv[j]);
+      ov[j] = from_float<T>(kOutput ? xf + w * (df - xf) : xf + w * df);
+    }
     store_row(out + off, ov);
   }
 }
@@ -372,15 +376,16 @@ cudaError_t launch_gather(const T* x, const int64_t* idx, T* out, int64_t B, int
   return cudaGetLastError();
 }
 
-template <typename T>
+template <bool kOutput, typename T>
 cudaError_t launch_scatter(const T* x, const T* delta, const int64_t* idx, const T* weights, T* out, int64_t B,
                            int64_t K, int64_t T_, int64_t D, cudaStream_t stream) {
   const int64_t rows = B * K;
   if (vec_ok(D, sizeof(T), x, delta, out))
-    scatter_kernel<T, kVec<T>><<<grid_for(rows * (D / kVec<T>), kThreads), kThreads, 0, stream>>>(
+    scatter_kernel<kOutput, T, kVec<T>><<<grid_for(rows * (D / kVec<T>), kThreads), kThreads, 0, stream>>>(
         x, delta, idx, weights, out, rows, K, T_, D);
   else
-    scatter_kernel<T, 1><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(x, delta, idx, weights, out, rows, K, T_, D);
+    scatter_kernel<kOutput, T, 1><<<grid_for(rows * D, kThreads), kThreads, 0, stream>>>(
+        x, delta, idx, weights, out, rows, K, T_, D);
   return cudaGetLastError();
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.mod import mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter
+from ..ops.mod import mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_output
 
 
 class MoDBlock(nn.Module):
@@ -19,9 +19,11 @@ class MoDBlock(nn.Module):
        anything with ``weight`` and ``eps``), ``x_sel, normed = mod_gather_rmsnorm(...)``, the
        block's pre-norm fused into the gather;
     3. ``delta = block(x_sel, **kwargs)`` (``block(x_sel, normed=normed, **kwargs)`` with ``norm``):
-       the block returns its **residual delta** f(x), not x + f(x);
-    4. ``out = mod_scatter(x, delta, indices, weights)``: ``x + sigmoid(score) * f(x)`` on kept
-       tokens (``x + f(x)`` with ``weighted=False``), skipped tokens bit-identical to ``x``.
+       the block returns its **residual delta** f(x), or, with ``returns_output=True``, its output
+       x + f(x) (as Hugging Face decoder layers do);
+    4. ``out = mod_scatter(x, delta, indices, weights)`` (``mod_scatter_output`` for an output):
+       ``x + sigmoid(score) * f(x)`` on kept tokens (``x + f(x)`` with ``weighted=False``), skipped
+       tokens bit-identical to ``x``; the residual itself is never scaled by the weight.
 
     Positions: kept tokens keep their original positions. Unless ``positions_kwarg`` is None, the
     block gets ``positions_kwarg=pos`` with ``pos [B, K]`` int64: ``positions`` (``[B, T]``, e.g.
@@ -38,6 +40,7 @@ class MoDBlock(nn.Module):
         weighted: scale the delta by ``sigmoid(score)`` (the MoD paper's; the router then learns
             through it). With ``False`` a capacity of 1 is exactly the dense block.
         positions_kwarg: name of the block's positions argument, or None to pass none.
+        returns_output: the block returns x + f(x) instead of f(x).
 
     ``forward(x, *, groups=None, routable=None, positions=None, max_kept=None, return_route=False,
     **block_kwargs)``: ``groups`` / ``routable`` / ``max_kept`` go to :func:`mod_route` (e.g. frame
@@ -46,7 +49,7 @@ class MoDBlock(nn.Module):
     """
 
     def __init__(self, block: nn.Module, capacity: float, router: nn.Module, *, norm: nn.Module | None = None,
-                 weighted: bool = True, positions_kwarg: str | None = "positions") -> None:
+                 weighted: bool = True, positions_kwarg: str | None = "positions", returns_output: bool = False) -> None:
         super().__init__()
         if not 0.0 <= float(capacity) <= 1.0:
             raise ValueError(f"flashstream.MoDBlock: capacity must be in [0, 1], got {capacity}")
@@ -56,6 +59,7 @@ class MoDBlock(nn.Module):
         self.capacity = float(capacity)
         self.weighted = weighted
         self.positions_kwarg = positions_kwarg
+        self.returns_output = returns_output
 
     def _norm_params(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         weight = getattr(self.norm, "weight", None)
@@ -89,10 +93,10 @@ class MoDBlock(nn.Module):
         else:
             x_sel = mod_gather(x, indices, validate=False)
             delta = self.block(x_sel, **block_kwargs)
-        out = mod_scatter(x, delta.to(x.dtype).contiguous(), indices, weights if self.weighted else None,
-                          validate=False)
+        scatter = mod_scatter_output if self.returns_output else mod_scatter
+        out = scatter(x, delta.to(x.dtype).contiguous(), indices, weights if self.weighted else None, validate=False)
         return (out, indices, weights) if return_route else out
 
     def extra_repr(self) -> str:
         return (f"capacity={self.capacity}, weighted={self.weighted}, fused_norm={self.norm is not None}, "
-                f"positions_kwarg={self.positions_kwarg!r}")
+                f"positions_kwarg={self.positions_kwarg!r}, returns_output={self.returns_output}")

@@ -28,7 +28,8 @@ import math
 
 import torch
 
-__all__ = ["mod_route", "mod_gather", "mod_gather_rmsnorm", "mod_scatter", "mod_scatter_", "keep_count"]
+__all__ = ["mod_route", "mod_gather", "mod_gather_rmsnorm", "mod_scatter", "mod_scatter_", "mod_scatter_output",
+           "mod_scatter_output_", "keep_count"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -109,6 +110,23 @@ def mod_scatter_(x: torch.Tensor, delta: torch.Tensor, indices: torch.Tensor, we
     return x
 
 
+def mod_scatter_output(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor | None = None,
+                       *, validate: bool = True) -> torch.Tensor:
+    """:func:`mod_scatter` for a block that returns its output ``y = x_sel + f(x_sel)`` (residual
+    included, as Hugging Face decoder layers do) rather than its delta: kept rows get
+    ``x + w * (y - x)`` = ``x + w * f(x)``, in one pass and without scaling the residual by the
+    router weight (the bug of a peer that multiplies the whole layer output by it). Skipped tokens
+    come out bit-identical to x. Differentiable w.r.t. ``x``, ``y`` and ``weights``."""
+    return torch.ops.flashstream.mod_scatter_output.default(x, y, indices, weights, bool(validate))
+
+
+def mod_scatter_output_(x: torch.Tensor, y: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor | None = None,
+                        *, validate: bool = True) -> torch.Tensor:
+    """In-place :func:`mod_scatter_output`; returns ``x``, unchanged if it raises. Not differentiable."""
+    torch.ops.flashstream.mod_scatter_output_.default(x, y, indices, weights, bool(validate))
+    return x
+
+
 # ---- fake kernels: shapes for torch.compile / meta tensors, with the checks knowable without data
 
 def _check_x(op, x):
@@ -164,6 +182,19 @@ def _mod_scatter_fake(x, delta, indices, weights=None, validate=True):
 def _mod_scatter_inplace_fake(x, delta, indices, weights=None, validate=True):
     _check_x("mod_scatter_", x)
     _check_indices("mod_scatter_", indices, x)
+
+
+@torch.library.register_fake("flashstream::mod_scatter_output")
+def _mod_scatter_output_fake(x, y, indices, weights=None, validate=True):
+    _check_x("mod_scatter_output", x)
+    _check_indices("mod_scatter_output", indices, x)
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("flashstream::mod_scatter_output_")
+def _mod_scatter_output_inplace_fake(x, y, indices, weights=None, validate=True):
+    _check_x("mod_scatter_output_", x)
+    _check_indices("mod_scatter_output_", indices, x)
 
 
 # ---- autograd: gather and scatter are each other's backward ---------------------------------------
@@ -250,3 +281,28 @@ def _scatter_backward(ctx, grad):
 
 
 torch.library.register_autograd("flashstream::mod_scatter", _scatter_backward, setup_context=_scatter_setup)
+
+
+def _scatter_output_setup(ctx, inputs, output):
+    x, y, indices, weights, _validate = inputs
+    ctx.save_for_backward(x, y, indices, weights)
+
+
+def _scatter_output_backward(ctx, grad):
+    # out = x + w * (y - x) on kept rows: d/dx = 1 - w there (1 elsewhere), d/dy = w, d/dw = <g, y - x>.
+    x, y, indices, weights = ctx.saved_tensors
+    grad = grad.contiguous()
+    g_sel = torch.ops.flashstream.mod_gather.default(grad, indices, False)
+    grad_x = grad_y = grad_weights = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.flashstream.mod_scatter_output.default(grad, torch.zeros_like(g_sel), indices, weights, False)
+    if ctx.needs_input_grad[1]:
+        grad_y = g_sel if weights is None else g_sel * weights.unsqueeze(-1)
+    if ctx.needs_input_grad[3]:
+        x_sel = torch.ops.flashstream.mod_gather.default(x, indices, False)
+        grad_weights = (g_sel.float() * (y.float() - x_sel.float())).sum(-1).to(weights.dtype)
+    return grad_x, grad_y, None, grad_weights, None
+
+
+torch.library.register_autograd("flashstream::mod_scatter_output", _scatter_output_backward,
+                                setup_context=_scatter_output_setup)
