@@ -17,7 +17,8 @@ per frame of 256 tokens as in VideoLLM-MoD) it times, in inference mode:
               the dense time).
 
 Both paths are checked to give the same output before anything is timed. Results go to
-bench/results/mod-<device-tag>.json (mod-quick-... with --quick).
+bench/results/mod-<device-tag>.json (mod-quick-... with --quick) and a PNG beside it
+(``--plot PATH`` redraws the PNG of an existing JSON).
 """
 
 from __future__ import annotations
@@ -163,6 +164,44 @@ def table(records):
     return harness.fmt_table(rows, COLUMNS)
 
 
+def plot(path: Path) -> Path:
+    """Speedup over the dense block and overhead share vs capacity, per grouping and path."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    records, meta = data["records"], data["metadata"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for grouping, style in (("sequence", "-"), (f"frames of {FRAME}", "--")):
+        rs = sorted((r for r in records if r["grouping"] == grouping), key=lambda r: r["capacity"])
+        if not rs:
+            continue
+        c = [r["capacity"] for r in rs]
+        for key, label, color in (("fs", "flashstream", "C0"), ("torch", "PyTorch topk/gather/scatter_add", "C1")):
+            ax1.plot(c, [r[f"{key}_speedup_vs_dense"] for r in rs], style, color=color, marker="o",
+                     label=f"{label} ({grouping})")
+            ax2.plot(c, [100 * r[f"{key}_overhead_frac"] for r in rs], style, color=color, marker="o",
+                     label=f"{label} ({grouping})")
+    ax1.plot([0.1, 1.0], [10, 1], ":", color="gray", label="1 / capacity")
+    ax1.set(xlabel="capacity", ylabel="dense time / routed time", yscale="log", title="routed block speedup")
+    ax2.set(xlabel="capacity", ylabel="% of the routed block's time", title="route + gather + scatter overhead")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    r0 = records[0]
+    fig.suptitle(f"MoD on {meta['device']}: B={r0['B']} T={r0['T']} D={r0['D']} {r0['dtype']} "
+                 f"@ {meta['git_commit'][:12]}", fontsize=9)
+    fig.tight_layout()
+    out = Path(path).with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,7 +212,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch and flashstream (default: torch's); on a CPU shared with other "
                          "work, 1 thread avoids the barrier stalls of an oversubscribed thread pool")
+    ap.add_argument("--plot", type=Path, default=None, metavar="JSON", help="only redraw the PNG of a results file")
+    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    if args.plot is not None:
+        print(f"wrote {plot(args.plot)}")
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -218,6 +262,11 @@ def main(argv=None) -> int:
     name = "mod-quick" if args.quick else "mod"
     path = harness.write_results(name, records, device=device)
     print(f"wrote {path}")
+    if not args.no_plot:
+        try:
+            print(f"wrote {plot(path)}")
+        except ImportError as e:
+            print(f"no plot ({e})", file=sys.stderr)
     return 0
 
 
