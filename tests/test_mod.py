@@ -533,3 +533,28 @@ def test_scatter_unvalidated_out_of_range_is_skipped(device):
     out = mod_scatter(x, delta, bad, validate=False)
     want = scatter_reference(x.cpu(), delta.cpu(), torch.tensor([[1, 4, -1], [-1, 2, -1]]))
     torch.testing.assert_close(out.cpu(), want)
+
+
+def test_route_per_frame_streaming_equals_offline(device):
+    # Per-frame top-k needs no look-ahead: routing a stream chunk by chunk (chunks of whole frames,
+    # of any length, including single frames) picks exactly the tokens offline routing picks.
+    B, frames, L = 2, 12, 20
+    T = frames * L
+    scores = tied_scores(B, T, torch.float32, device, levels=4)
+    groups = (torch.arange(T, device=device) // L).expand(B, T).contiguous()
+    routable = torch.rand(B, T, device=device) > 0.15
+    offline, w_off = mod_route(scores, 0.3, groups=groups, routable=routable)
+    cuts = [0, 1, 2, 5, 6, 11, 12]  # frame boundaries
+    pieces, weights = [[] for _ in range(B)], [[] for _ in range(B)]
+    for f0, f1 in zip(cuts[:-1], cuts[1:]):
+        sl = slice(f0 * L, f1 * L)
+        idx, w = mod_route(scores[:, sl].contiguous(), 0.3, groups=groups[:, sl].contiguous(),
+                           routable=routable[:, sl].contiguous())
+        for b in range(B):
+            keep = idx[b] >= 0
+            pieces[b].append(idx[b][keep] + f0 * L)
+            weights[b].append(w[b][keep])
+    for b in range(B):
+        keep = offline[b] >= 0
+        assert torch.equal(torch.cat(pieces[b]), offline[b][keep])
+        assert torch.equal(torch.cat(weights[b]), w_off[b][keep])
