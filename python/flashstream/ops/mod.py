@@ -253,7 +253,8 @@ def _gather_rmsnorm_backward(ctx, grad_sel, grad_normed):
         r = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + ctx.eps)
         gw = grad_normed.float() * norm_weight.float()
         total = total + r * gw - xs * r.pow(3) * (gw * xs).mean(-1, keepdim=True)
-        grad_w = (grad_normed.float() * xs * r).sum((0, 1)).to(norm_weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_w = (grad_normed.float() * xs * r).sum((0, 1)).to(norm_weight.dtype)
     like = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=ctx.x_device)
     grad_x = torch.ops.flashstream.mod_scatter.default(like, total.to(ctx.x_dtype).contiguous(), indices, None, False)
     return grad_x, None, grad_w, None, None
