@@ -115,6 +115,27 @@ def test_block_returning_its_output(device):
     assert torch.equal(out[skipped], x[skipped])
 
 
+@pytest.mark.parametrize("returns_output", [False, True])
+def test_inplace_inference(device, returns_output):
+    mod, block, router = make(0.3)
+    inner = OutputBlock(block) if returns_output else block
+    ref = MoDBlock(inner, 0.3, router, returns_output=returns_output).to(device)
+    fast = MoDBlock(inner, 0.3, router, returns_output=returns_output, inplace=True).to(device)
+    x = torch.randn(2, 64, D, device=device)
+    with torch.inference_mode():
+        want = ref(x)
+        y = x.clone()
+        assert fast(y) is y
+        assert torch.equal(y, want)
+    # With a gradient needed, inplace falls back to the out-of-place scatter.
+    xg = x.clone().requires_grad_()
+    out = fast(xg)
+    assert out is not xg
+    torch.testing.assert_close(out, want)
+    out.sum().backward()
+    assert router.weight.grad is not None
+
+
 def test_per_frame_routing_keeps_text(device):
     mod, block, router = make(0.25)
     mod.to(device)

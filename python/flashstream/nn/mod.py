@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.mod import mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_output
+from ..ops.mod import (mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_, mod_scatter_output,
+                       mod_scatter_output_)
 
 
 class MoDBlock(nn.Module):
@@ -41,6 +42,10 @@ class MoDBlock(nn.Module):
             through it). With ``False`` a capacity of 1 is exactly the dense block.
         positions_kwarg: name of the block's positions argument, or None to pass none.
         returns_output: the block returns x + f(x) instead of f(x).
+        inplace: when no gradient is needed (inference), update ``x`` in place and return it:
+            only the kept rows are written, instead of copying the whole residual stream (on a
+            CPU that copy into fresh memory costs far more than the scatter itself). The
+            caller's ``x`` must then be contiguous and is modified.
 
     ``forward(x, *, groups=None, routable=None, positions=None, max_kept=None, return_route=False,
     **block_kwargs)``: ``groups`` / ``routable`` / ``max_kept`` go to :func:`mod_route` (e.g. frame
@@ -49,7 +54,8 @@ class MoDBlock(nn.Module):
     """
 
     def __init__(self, block: nn.Module, capacity: float, router: nn.Module, *, norm: nn.Module | None = None,
-                 weighted: bool = True, positions_kwarg: str | None = "positions", returns_output: bool = False) -> None:
+                 weighted: bool = True, positions_kwarg: str | None = "positions", returns_output: bool = False,
+                 inplace: bool = False) -> None:
         super().__init__()
         if not 0.0 <= float(capacity) <= 1.0:
             raise ValueError(f"flashstream.MoDBlock: capacity must be in [0, 1], got {capacity}")
@@ -60,6 +66,7 @@ class MoDBlock(nn.Module):
         self.weighted = weighted
         self.positions_kwarg = positions_kwarg
         self.returns_output = returns_output
+        self.inplace = inplace
 
     def _norm_params(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         weight = getattr(self.norm, "weight", None)
@@ -73,6 +80,8 @@ class MoDBlock(nn.Module):
                 **block_kwargs):
         if x.dim() != 3:
             raise ValueError(f"flashstream.MoDBlock: x must be [B, T, D], got {list(x.shape)}")
+        if self.inplace and not x.is_contiguous():
+            raise ValueError("flashstream.MoDBlock: inplace=True needs a contiguous x")
         x = x.contiguous()
         scores = self.router(x)
         if scores.dim() == 3:
@@ -93,10 +102,15 @@ class MoDBlock(nn.Module):
         else:
             x_sel = mod_gather(x, indices, validate=False)
             delta = self.block(x_sel, **block_kwargs)
-        scatter = mod_scatter_output if self.returns_output else mod_scatter
-        out = scatter(x, delta.to(x.dtype).contiguous(), indices, weights if self.weighted else None, validate=False)
+        w = weights if self.weighted else None
+        needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, delta, w))
+        if self.inplace and not needs_grad:
+            scatter = mod_scatter_output_ if self.returns_output else mod_scatter_
+        else:
+            scatter = mod_scatter_output if self.returns_output else mod_scatter
+        out = scatter(x, delta.to(x.dtype).contiguous(), indices, w, validate=False)
         return (out, indices, weights) if return_route else out
 
     def extra_repr(self) -> str:
         return (f"capacity={self.capacity}, weighted={self.weighted}, fused_norm={self.norm is not None}, "
-                f"positions_kwarg={self.positions_kwarg!r}, returns_output={self.returns_output}")
+                f"positions_kwarg={self.positions_kwarg!r}, returns_output={self.returns_output}, inplace={self.inplace}")
