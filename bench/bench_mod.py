@@ -13,6 +13,8 @@ per frame of 256 tokens as in VideoLLM-MoD) it times, in inference mode:
               [B, frames, frame_len] view plus frame offsets);
   * overhead: route + gather(+norm) + scatter alone, for both paths, and as a fraction of that
               path's routed-block time (the issue's goal on H100: <= 3% at T = 8192, D = 4096);
+              for flashstream also with the in-place scatter (inference: only kept rows written,
+              no copy of the residual stream);
   * speedup:  dense time / routed time (goal on H100: at c = 0.2 the routed block takes <= 0.3x
               the dense time).
 
@@ -24,6 +26,7 @@ bench/results/mod-<device-tag>.json (mod-quick-... with --quick) and a PNG besid
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -35,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 import flashstream  # noqa: E402
-from flashstream.ops import mod_gather_rmsnorm, mod_route, mod_scatter  # noqa: E402
+from flashstream.ops import mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_  # noqa: E402
 
 CAPACITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FRAME = 256
@@ -98,7 +101,17 @@ def torch_scatter(x, delta, indices, weights):
     return x.clone().scatter_add_(1, indices.unsqueeze(-1).expand(-1, -1, D), weights.unsqueeze(-1) * delta)
 
 
-def bench_case(device, dtype, B, T, D, heads, capacity, per_frame, block, router, kw):
+def timed(fns: dict, rounds: int, device: str, kw: dict) -> dict:
+    """Median seconds of each function, measured in interleaved rounds so that drift on a shared
+    machine hits every path alike."""
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            samples[k].append(harness.time_fn(f, device=device, **kw))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def bench_case(device, dtype, B, T, D, heads, capacity, per_frame, block, router, kw, rounds):
     g = torch.Generator(device="cpu").manual_seed(int(capacity * 100) + per_frame)
     x = torch.randn(B, T, D, generator=g).to(device=device, dtype=dtype)
     scores = router(x).squeeze(-1).contiguous()
@@ -106,9 +119,6 @@ def bench_case(device, dtype, B, T, D, heads, capacity, per_frame, block, router
     norm_w = block.norm1.weight
     rec = {"device": device, "dtype": str(dtype).replace("torch.", ""), "B": B, "T": T, "D": D, "heads": heads,
            "capacity": capacity, "grouping": f"frames of {FRAME}" if per_frame else "sequence"}
-    # Timed next to the routed paths (not once up front), so that drift on a shared machine hits both.
-    dense_s = harness.time_fn(lambda: x + block(x, F.rms_norm(x, (D,), norm_w, EPS)), device=device, **kw)
-    rec["dense_s"] = dense_s
 
     def fs_full():
         i, w, xs, nx = fs_route_gather(x, scores, capacity, groups, norm_w)
@@ -128,14 +138,27 @@ def bench_case(device, dtype, B, T, D, heads, capacity, per_frame, block, router
     K = i_fs.shape[1]
     rec["K"] = K
     delta = block(xs_fs, xs_fs)  # a stand-in delta for timing the scatter alone
-    rec["fs_s"] = harness.time_fn(fs_full, device=device, **kw)
-    rec["torch_s"] = harness.time_fn(torch_full, device=device, **kw)
-    rec["fs_overhead_s"] = (harness.time_fn(lambda: fs_route_gather(x, scores, capacity, groups, norm_w), device=device, **kw)
-                            + harness.time_fn(lambda: fs_scatter(x, delta, i_fs, w_fs), device=device, **kw))
-    rec["torch_overhead_s"] = (harness.time_fn(lambda: torch_route_gather(x, scores, capacity, per_frame, norm_w),
-                                               device=device, **kw)
-                               + harness.time_fn(lambda: torch_scatter(x, delta, i_fs, w_fs), device=device, **kw))
+    x_inplace = x.clone()  # the in-place scatter's target (inference: only kept rows are written)
+    t = timed({
+        "dense": lambda: x + block(x, F.rms_norm(x, (D,), norm_w, EPS)),
+        "fs": fs_full,
+        "torch": torch_full,
+        "fs_route_gather": lambda: fs_route_gather(x, scores, capacity, groups, norm_w),
+        "fs_scatter": lambda: fs_scatter(x, delta, i_fs, w_fs),
+        "fs_scatter_inplace": lambda: mod_scatter_(x_inplace, delta, i_fs, w_fs, validate=False),
+        "torch_route_gather": lambda: torch_route_gather(x, scores, capacity, per_frame, norm_w),
+        "torch_scatter": lambda: torch_scatter(x, delta, i_fs, w_fs),
+    }, rounds, device, kw)
+    for k, v in t.items():
+        rec[f"{k}_s"] = v
+    dense_s = rec["dense_s"]
+    rec["fs_overhead_s"] = t["fs_route_gather"] + t["fs_scatter"]
+    rec["fs_inplace_overhead_s"] = t["fs_route_gather"] + t["fs_scatter_inplace"]
+    rec["torch_overhead_s"] = t["torch_route_gather"] + t["torch_scatter"]
     rec["fs_overhead_frac"] = rec["fs_overhead_s"] / rec["fs_s"]
+    # In place, the routed block takes the out-of-place time minus the scatter difference.
+    fs_inplace_s = rec["fs_s"] - t["fs_scatter"] + t["fs_scatter_inplace"]
+    rec["fs_inplace_overhead_frac"] = rec["fs_inplace_overhead_s"] / fs_inplace_s
     rec["torch_overhead_frac"] = rec["torch_overhead_s"] / rec["torch_s"]
     rec["fs_speedup_vs_dense"] = dense_s / rec["fs_s"]
     rec["torch_speedup_vs_dense"] = dense_s / rec["torch_s"]
@@ -147,7 +170,9 @@ COLUMNS = [
     ("grouping", "grouping", ""), ("capacity", "c", ".1f"), ("K", "K", "d"), ("dense_ms", "dense ms", ".2f"),
     ("fs_ms", "fs ms", ".2f"), ("torch_ms", "torch ms", ".2f"),
     ("fs_overhead_ms", "fs ovh ms", ".3f"), ("torch_overhead_ms", "torch ovh ms", ".3f"),
-    ("fs_overhead_pct", "fs ovh %", ".2f"), ("torch_overhead_pct", "torch ovh %", ".2f"),
+    ("fs_inplace_overhead_ms", "fs inpl ovh ms", ".3f"),
+    ("fs_overhead_pct", "fs ovh %", ".2f"), ("fs_inplace_overhead_pct", "fs inpl ovh %", ".2f"),
+    ("torch_overhead_pct", "torch ovh %", ".2f"),
     ("fs_speedup_vs_dense", "fs x dense", ".2f"), ("torch_speedup_vs_dense", "torch x dense", ".2f"),
 ]
 
@@ -156,9 +181,10 @@ def table(records):
     rows = []
     for r in records:
         row = dict(r)
-        for k in ("dense", "fs", "torch", "fs_overhead", "torch_overhead"):
+        for k in ("dense", "fs", "torch", "fs_overhead", "fs_inplace_overhead", "torch_overhead"):
             row[f"{k}_ms"] = r[f"{k}_s"] * 1e3
         row["fs_overhead_pct"] = 100 * r["fs_overhead_frac"]
+        row["fs_inplace_overhead_pct"] = 100 * r["fs_inplace_overhead_frac"]
         row["torch_overhead_pct"] = 100 * r["torch_overhead_frac"]
         rows.append(row)
     return harness.fmt_table(rows, COLUMNS)
@@ -186,6 +212,9 @@ def plot(path: Path) -> Path:
                      label=f"{label} ({grouping})")
             ax2.plot(c, [100 * r[f"{key}_overhead_frac"] for r in rs], style, color=color, marker="o",
                      label=f"{label} ({grouping})")
+        if "fs_inplace_overhead_frac" in rs[0]:
+            ax2.plot(c, [100 * r["fs_inplace_overhead_frac"] for r in rs], style, color="C2", marker="o",
+                     label=f"flashstream, in-place scatter ({grouping})")
     ax1.plot([0.1, 1.0], [10, 1], ":", color="gray", label="1 / capacity")
     ax1.set(xlabel="capacity", ylabel="dense time / routed time", yscale="log", title="routed block speedup")
     ax2.set(xlabel="capacity", ylabel="% of the routed block's time", title="route + gather + scatter overhead")
@@ -230,7 +259,9 @@ def main(argv=None) -> int:
         ap.error(f"--tokens must be a multiple of the frame length {FRAME}")
     dtype = torch.bfloat16 if cuda else torch.float32
     heads = max(1, D // 128) if cuda else max(1, D // 64)
-    kw = ({"reps": 10} if args.quick else {}) if cuda else ({"min_run_time": 0.2} if args.quick else {})
+    # CPU: 3 interleaved rounds of ~0.35 s per path and case (about the harness's 1 s in all).
+    kw = ({"reps": 10} if args.quick else {}) if cuda else {"min_run_time": 0.1 if args.quick else 0.35}
+    rounds = 1 if cuda or args.quick else 3
     capacities = (0.2, 0.5, 1.0) if args.quick else CAPACITIES
 
     torch.manual_seed(0)
@@ -245,7 +276,7 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         for per_frame in (False, True):
             for c in capacities:
-                rec = bench_case(device, dtype, args.batch, T, D, heads, c, per_frame, block, router, kw)
+                rec = bench_case(device, dtype, args.batch, T, D, heads, c, per_frame, block, router, kw, rounds)
                 records.append(rec)
                 print(f"  done {rec['grouping']} c={c}: dense {rec['dense_s'] * 1e3:.2f} ms, fs {rec['fs_s'] * 1e3:.2f} ms, torch {rec['torch_s'] * 1e3:.2f} ms, "
                       f"overhead fs {rec['fs_overhead_s'] * 1e3:.3f} / torch {rec['torch_overhead_s'] * 1e3:.3f} ms",
