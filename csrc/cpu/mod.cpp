@@ -1,6 +1,8 @@
 // Mixture-of-depths on CPU: argument checks, index validation before anything is written, then
 // the ISA-selected kernels over at::parallel_for ranges.
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
