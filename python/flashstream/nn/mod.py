@@ -31,7 +31,9 @@ class MoDBlock(nn.Module):
     absolute stream positions of a chunk) gathered at the kept tokens, or their indices when
     ``positions`` is None; padding slots (rows that keep fewer than K tokens) hold -1 and zero
     rows, and their outputs are discarded. A block that mixes tokens (attention) must mask them,
-    e.g. keys with ``pos < 0``.
+    e.g. keys with ``pos < 0``. The block only ever sees the kept tokens, so a block that keeps a
+    KV cache stores keys and values for them alone (the sink-cache integration of issue K1 is not
+    built yet).
 
     Args:
         block: the residual branch, called as above.
