@@ -10,4 +10,15 @@ TORCH_LIBRARY(flashstream, m) {
   m.def("fsq_out(Tensor z, int[] levels, float eps, bool validate, Tensor(a!) codes, Tensor(b!) indices) -> ()");
   m.def("fsq_backward(Tensor grad_codes, Tensor z, int[] levels, float eps=0.001) -> Tensor");
   m.def("fsq_indices_to_codes(Tensor indices, int[] levels, ScalarType dtype, bool validate=True) -> Tensor");
+
+  // ---- K5: mixture-of-depths (python/flashstream/ops/mod.py) ----
+  m.def("mod_route(Tensor scores, float capacity, Tensor? groups=None, Tensor? routable=None, int? max_kept=None, "
+        "bool validate=True) -> (Tensor indices, Tensor weights)");
+  m.def("mod_gather(Tensor x, Tensor indices, bool validate=True) -> Tensor");
+  m.def("mod_gather_rmsnorm(Tensor x, Tensor indices, Tensor norm_weight, float eps=1e-06, bool validate=True) "
+        "-> (Tensor x_sel, Tensor normed)");
+  m.def("mod_scatter(Tensor x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
+  m.def("mod_scatter_(Tensor(a!) x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
+  m.def("mod_scatter_output(Tensor x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
+  m.def("mod_scatter_output_(Tensor(a!) x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
 }

@@ -1,5 +1,6 @@
 """Reusable streaming modules built on :mod:`flashstream.ops`."""
 
 from .fsq import FSQ
+from .mod import MoDBlock
 
-__all__ = ["FSQ"]
+__all__ = ["FSQ", "MoDBlock"]
