@@ -4,7 +4,8 @@
     python bench/plot.py path/to/x.json
 
 Records follow the harness conventions: times in seconds under ``fs_s`` (flashstream),
-``fs_validate_s`` and ``peer_s``; bandwidths in GB/s under ``fs_gbs`` and ``copy_gbs``; a case
+``fs_validate_s``, ``fs_out_s`` and ``peer_s``; bandwidths in GB/s under ``fs_gbs``, ``fs_out_gbs``
+and ``copy_gbs``; a case
 label is built from ``log2_n``/``n``, ``levels_str`` and ``dtype`` (whichever are present).
 Left panel: time per case (log scale), flashstream vs peer. Right panel: flashstream's achieved
 bandwidth against the measured copy bandwidth (when present).
@@ -23,8 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-TIME_SERIES = [("fs_s", "flashstream"), ("fs_validate_s", "flashstream (validate=True)"), ("peer_s", "peer")]
-BW_SERIES = [("fs_gbs", "flashstream"), ("copy_gbs", "device copy (roofline)")]
+TIME_SERIES = [("fs_s", "flashstream"), ("fs_validate_s", "flashstream (validate=True)"),
+               ("fs_out_s", "flashstream (out=, preallocated)"), ("peer_s", "peer")]
+BW_SERIES = [("fs_gbs", "flashstream"), ("fs_out_gbs", "flashstream (out=, preallocated)"),
+             ("copy_gbs", "device copy (roofline)")]
 
 
 def _label(r: dict) -> str:

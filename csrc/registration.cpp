@@ -18,4 +18,15 @@ TORCH_LIBRARY(flashstream, m) {
   // Into a caller-owned output: a streaming step with no allocation at all.
   m.def("causal_conv1d_out(Tensor x, Tensor weight, Tensor? bias, Tensor(a!)? state, int dilation, str? activation, "
         "Tensor? state_indices, Tensor(b!) out) -> ()");
+
+  // ---- K5: mixture-of-depths (python/flashstream/ops/mod.py) ----
+  m.def("mod_route(Tensor scores, float capacity, Tensor? groups=None, Tensor? routable=None, int? max_kept=None, "
+        "bool validate=True) -> (Tensor indices, Tensor weights)");
+  m.def("mod_gather(Tensor x, Tensor indices, bool validate=True) -> Tensor");
+  m.def("mod_gather_rmsnorm(Tensor x, Tensor indices, Tensor norm_weight, float eps=1e-06, bool validate=True) "
+        "-> (Tensor x_sel, Tensor normed)");
+  m.def("mod_scatter(Tensor x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
+  m.def("mod_scatter_(Tensor(a!) x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
+  m.def("mod_scatter_output(Tensor x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
+  m.def("mod_scatter_output_(Tensor(a!) x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
 }

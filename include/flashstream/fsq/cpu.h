@@ -182,12 +182,7 @@ int64_t indices_to_codes(const Params& p, const int64_t* indices, T* codes, int6
       for (int j = 0; j < d; ++j) out[j] = from_float<T>(__builtin_nanf(""));
       continue;
     }
-    int64_t rest = index;
-    for (int j = 0; j < d; ++j) {  // digit j = (index / basis_j) % L_j, peeled off in order
-      const int64_t digit = rest % p.levels[j];
-      rest /= p.levels[j];
-      out[j] = from_float<T>(float(digit - p.half_width_int[j]) / p.half_width[j]);
-    }
+    decode_index(p, index, [&](int j, float code) { out[j] = from_float<T>(code); });
   }
   return bad;
 }

@@ -83,13 +83,20 @@ indices_to_codes_kernel(const Params p, const int64_t* __restrict__ indices, T* 
     if (bad && bad_flag != nullptr) atomicOr(bad_flag, 1);
     if constexpr (kDims > 0) {
       T out[kDims];
+      if (bad) {
 #pragma unroll
-      for (int j = 0; j < kDims; ++j) out[j] = from_float<T>(bad ? __int_as_float(0x7FC00000) : index_to_code(p, j, index));
+        for (int j = 0; j < kDims; ++j) out[j] = from_float<T>(__int_as_float(0x7FC00000));
+      } else {
+        decode_index(p, index, [&](int j, float code) { out[j] = from_float<T>(code); });
+      }
       flashstream::cuda::store_row(codes + v * kDims, out);
     } else {
-      const int d = p.dims;
-      for (int j = 0; j < d; ++j)
-        codes[v * d + j] = from_float<T>(bad ? __int_as_float(0x7FC00000) : index_to_code(p, j, index));
+      T* row = codes + v * p.dims;
+      if (bad) {
+        for (int j = 0; j < p.dims; ++j) row[j] = from_float<T>(__int_as_float(0x7FC00000));
+      } else {
+        decode_index(p, index, [&](int j, float code) { row[j] = from_float<T>(code); });
+      }
     }
   }
 }

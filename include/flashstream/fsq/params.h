@@ -122,10 +122,26 @@ FS_HOST_DEVICE FS_INLINE float code_grad(const Params& p, int j, float z) {
   return (1.0f - t * t) * p.half_l[j] / p.half_width[j];
 }
 
-// Digit j of a codebook index, as the code value (digit - L//2) / (L//2).
-FS_HOST_DEVICE FS_INLINE float index_to_code(const Params& p, int j, int64_t index) {
-  const int64_t digit = (index / p.basis[j]) % p.levels[j];
-  return float(digit - p.half_width_int[j]) / p.half_width[j];
+// The code values of a valid codebook index, (digit_j - L_j//2) / (L_j//2) with digit_j peeled off
+// in order; 32-bit division (several times cheaper on GPUs) when the codebook fits in 32 bits.
+template <typename Emit>
+FS_HOST_DEVICE FS_INLINE void decode_index(const Params& p, int64_t index, Emit&& emit) {
+  if (p.codebook_size <= int64_t(UINT32_MAX)) {
+    uint32_t rest = uint32_t(index);
+    for (int j = 0; j < p.dims; ++j) {
+      const uint32_t L = uint32_t(p.levels[j]);
+      const uint32_t digit = rest % L;
+      rest /= L;
+      emit(j, float(int32_t(digit) - p.half_width_int[j]) / p.half_width[j]);
+    }
+  } else {
+    int64_t rest = index;
+    for (int j = 0; j < p.dims; ++j) {
+      const int64_t digit = rest % p.levels[j];
+      rest /= p.levels[j];
+      emit(j, float(digit - p.half_width_int[j]) / p.half_width[j]);
+    }
+  }
 }
 
 }  // namespace flashstream::fsq

@@ -1,8 +1,10 @@
 """Reusable streaming modules built on :mod:`flashstream.ops`."""
 
 from .fsq import FSQ
+from .mod import MoDBlock
 from .streaming_conv import StreamingConv1d
 from .streaming_conv_transpose import StreamingConvTranspose1d
 from .streaming_sequential import AlignBranches, Delay, StreamingSequential
 
-__all__ = ["FSQ", "StreamingConv1d", "StreamingConvTranspose1d", "StreamingSequential", "AlignBranches", "Delay"]
+__all__ = ["FSQ", "MoDBlock", "StreamingConv1d", "StreamingConvTranspose1d", "StreamingSequential", "AlignBranches",
+           "Delay"]
