@@ -11,6 +11,14 @@ TORCH_LIBRARY(flashstream, m) {
   m.def("fsq_backward(Tensor grad_codes, Tensor z, int[] levels, float eps=0.001) -> Tensor");
   m.def("fsq_indices_to_codes(Tensor indices, int[] levels, ScalarType dtype, bool validate=True) -> Tensor");
 
+  // ---- K2: depthwise causal conv1d with carried state (python/flashstream/ops/causal_conv1d.py) ----
+  // state [B, C, (W-1)*dilation] (or a pool [P, ...] addressed by state_indices) is updated in place.
+  m.def("causal_conv1d(Tensor x, Tensor weight, Tensor? bias=None, Tensor(a!)? state=None, int dilation=1, "
+        "str? activation=None, Tensor? state_indices=None) -> Tensor");
+  // Into a caller-owned output: a streaming step with no allocation at all.
+  m.def("causal_conv1d_out(Tensor x, Tensor weight, Tensor? bias, Tensor(a!)? state, int dilation, str? activation, "
+        "Tensor? state_indices, Tensor(b!) out) -> ()");
+
   // ---- K5: mixture-of-depths (python/flashstream/ops/mod.py) ----
   m.def("mod_route(Tensor scores, float capacity, Tensor? groups=None, Tensor? routable=None, int? max_kept=None, "
         "bool validate=True) -> (Tensor indices, Tensor weights)");

@@ -2,5 +2,9 @@
 
 from .fsq import FSQ
 from .mod import MoDBlock
+from .streaming_conv import StreamingConv1d
+from .streaming_conv_transpose import StreamingConvTranspose1d
+from .streaming_sequential import AlignBranches, Delay, StreamingSequential
 
-__all__ = ["FSQ", "MoDBlock"]
+__all__ = ["FSQ", "MoDBlock", "StreamingConv1d", "StreamingConvTranspose1d", "StreamingSequential", "AlignBranches",
+           "Delay"]

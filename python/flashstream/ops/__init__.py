@@ -1,9 +1,10 @@
 """Typed wrappers over ``torch.ops.flashstream.*``, one module per primitive."""
 
+from .causal_conv1d import causal_conv1d, causal_conv1d_update
 from .fsq import fsq, fsq_indices_to_codes
 from .mod import (keep_count, mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_, mod_scatter_output,
                   mod_scatter_output_)
 
-__all__ = ["fsq", "fsq_indices_to_codes",
+__all__ = ["causal_conv1d", "causal_conv1d_update", "fsq", "fsq_indices_to_codes",
            "keep_count", "mod_route", "mod_gather", "mod_gather_rmsnorm", "mod_scatter", "mod_scatter_",
            "mod_scatter_output", "mod_scatter_output_"]
