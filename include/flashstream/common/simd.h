@@ -37,8 +37,17 @@ typedef int32_t vi __attribute__((vector_size(kBytes)));
 typedef uint32_t vu __attribute__((vector_size(kBytes)));
 typedef uint16_t vh __attribute__((vector_size(kBytes / 2)));  // kLanes x 16-bit
 
-FS_INLINE vf splat(float x) { return vf{} + x; }
-FS_INLINE vu splat_u(uint32_t x) { return vu{} + x; }
+// Broadcasts (one vbroadcastss); `vf{} + x` would cost a dependent add, since 0 + x is not x for -0.
+FS_INLINE vf splat(float x) {
+  vf r;
+  for (int i = 0; i < kLanes; ++i) r[i] = x;
+  return r;
+}
+FS_INLINE vu splat_u(uint32_t x) {
+  vu r;
+  for (int i = 0; i < kLanes; ++i) r[i] = x;
+  return r;
+}
 FS_INLINE vu as_u(vf x) { vu r; std::memcpy(&r, &x, sizeof r); return r; }
 FS_INLINE vf as_f(vu x) { vf r; std::memcpy(&r, &x, sizeof r); return r; }
 FS_INLINE vf as_f(vi x) { vf r; std::memcpy(&r, &x, sizeof r); return r; }
