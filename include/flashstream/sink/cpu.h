@@ -1,0 +1,374 @@
+// Sink KV cache, CPU kernels: attention over (paged cache + new tokens) with in-kernel rotary and an
+// online softmax, and the fused append / evict / EMA-sink update. Torch-free; host only; compiled
+// once per ISA (see common/simd.h for why everything sits in the inline ISA namespace).
+//
+// Attention work item = (stream b, kv head h, tile of consecutive queries). Its rows are the
+// tile's queries times the G = Hq/Hkv query heads sharing h (GQA), so each key block is loaded,
+// converted and rotated once for all of them. Keys are visited in blocks of kKeyBlock in two
+// frames (params.h): the sink tokens [0, max sv) and the window range [min lo, max hi); each
+// row masks the keys it may not see. A key block is stored transposed (Kt[d][j]) so that a row's
+// scores are D broadcast-FMAs over vectors of keys, with no horizontal sums.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "flashstream/common/simd.h"
+#include "flashstream/sink/args.h"
+#include "flashstream/sink/cpu_tiles.h"
+
+namespace flashstream::sink::cpu {
+
+inline namespace FLASHSTREAM_ISA {
+
+using simd::vf;
+using simd::kLanes;
+
+FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
+FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
+
+template <typename T>
+FS_INLINE void load_row_f(const T* src, int64_t D, float* dst) {
+  if (D % kLanes == 0) {
+    for (int64_t d = 0; d < D; d += kLanes) simd::store(dst + d, simd::load(src + d));
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = to_float(src[d]);
+  }
+}
+
+template <typename T>
+FS_INLINE void store_row_f(const float* src, int64_t D, T* dst) {
+  if (D % kLanes == 0) {
+    for (int64_t d = 0; d < D; d += kLanes) simd::store(dst + d, simd::load(src + d));
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = from_float<T>(src[d]);
+  }
+}
+
+// cos / sin of (P0 + j) * inv_freq[f] for j < count, f < half, into cs[j * half + f], sn[...].
+// Seeded exactly in double at P0 (any size: absolute positions of long streams), then advanced by
+// the double angle-addition recurrence (error ~count * 1e-16), rounded once to float.
+inline void rope_table(int64_t P0, int count, int half, const double* inv_freq, const double* step_c,
+                       const double* step_s, double* c, double* s, float* cs, float* sn) {
+  for (int f = 0; f < half; ++f) {
+    const double a = double(P0) * inv_freq[f];
+    c[f] = std::cos(a);
+    s[f] = std::sin(a);
+  }
+  for (int j = 0; j < count; ++j) {
+    float* cj = cs + j * half;
+    float* sj = sn + j * half;
+    for (int f = 0; f < half; ++f) {
+      cj[f] = float(c[f]);
+      sj[f] = float(s[f]);
+      const double nc = c[f] * step_c[f] - s[f] * step_s[f];
+      const double ns = s[f] * step_c[f] + c[f] * step_s[f];
+      c[f] = nc;
+      s[f] = ns;
+    }
+  }
+}
+
+// x (float, D) rotated in place by the table row (cs, sn).
+FS_INLINE void rope_apply(RopeStyle style, int half, const float* cs, const float* sn, float* x) {
+  if (style == RopeStyle::half) {
+    float* x1 = x;
+    float* x2 = x + half;
+    for (int f = 0; f < half; ++f) {
+      const float a = x1[f], b = x2[f];
+      x1[f] = a * cs[f] - b * sn[f];
+      x2[f] = b * cs[f] + a * sn[f];
+    }
+  } else {
+    for (int f = 0; f < half; ++f) {
+      const float a = x[2 * f], b = x[2 * f + 1];
+      x[2 * f] = a * cs[f] - b * sn[f];
+      x[2 * f + 1] = b * cs[f] + a * sn[f];
+    }
+  }
+}
+
+// Per-work-item context, carved out of the caller's scratch.
+struct Rope {
+  int half;
+  const double* inv_freq;
+  const double* step_c;
+  const double* step_s;
+  double* c;
+  double* s;
+  float* cs;
+  float* sn;
+};
+
+// Rotates `count` rows (stride Dp) at positions pos[r] (r < count); positions that fall in a
+// window of kRopeTable share one table, others get their own seed.
+inline void rope_rows(const Rope& R, RopeStyle style, const int64_t* pos, int64_t count, int64_t Dp, float* rows) {
+  int64_t r = 0;
+  while (r < count) {
+    int64_t lo = pos[r], hi = pos[r];
+    int64_t e = r;
+    while (e < count) {
+      const int64_t nlo = pos[e] < lo ? pos[e] : lo, nhi = pos[e] > hi ? pos[e] : hi;
+      if (nhi - nlo >= kRopeTable) break;
+      lo = nlo;
+      hi = nhi;
+      ++e;
+    }
+    rope_table(lo, int(hi - lo + 1), R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn);
+    for (int64_t k = r; k < e; ++k)
+      rope_apply(style, R.half, R.cs + (pos[k] - lo) * R.half, R.sn + (pos[k] - lo) * R.half, rows + k * Dp);
+    r = e;
+  }
+}
+
+template <typename T>
+FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, int64_t b, int64_t h, int64_t n,
+                           bool full, int64_t p) {
+  if (p >= n) return base_new + ((b * a.T + (p - n)) * a.Hkv + h) * a.D;
+  const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.D, b, h, a.Hkv, slot_of(a.g, p, full));
+  return pool + off;
+}
+
+// One work item: stream b, kv head h, queries [t0, t1) of the step.
+template <typename T>
+void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* scratch) {
+  const int64_t D = a.D, Dp = padded_dim(D), G = a.Hq / a.Hkv, half = D / 2;
+  const int64_t nq = t1 - t0, rows = nq * G;
+  const int64_t n = a.lengths != nullptr ? a.lengths[b] : 0;
+  const bool full = a.full_heads != nullptr && a.full_heads[h];
+  const bool rotary = a.positions != Positions::none;
+
+  float* qs = scratch;                 // [rows, Dp] queries in the sink frame (scaled)
+  float* qw = qs + rows * Dp;          // [rows, Dp] queries in the window frame (scaled)
+  float* acc = qw + rows * Dp;         // [rows, Dp]
+  float* m = acc + rows * Dp;          // [rows]
+  float* l = m + rows;                 // [rows]
+  float* kt = l + rows;                // [Dp, kKeyBlock] keys of a block, transposed
+  float* kr = kt + Dp * kKeyBlock;     // [kKeyBlock, Dp] keys of a block, rotated rows
+  float* vb = kr + Dp * kKeyBlock;     // [kKeyBlock, Dp]
+  float* sc = vb + kKeyBlock * Dp;     // [kKeyBlock]
+  float* cs = sc + kKeyBlock;          // rope tables [kRopeTable, half] x 2
+  float* sn = cs + kRopeTable * half;
+  double* dbl = reinterpret_cast<double*>(((reinterpret_cast<uintptr_t>(sn + kRopeTable * half)) + 63) & ~uintptr_t(63));
+  Rope R{int(half), dbl, dbl + half, dbl + 2 * half, dbl + 3 * half, dbl + 4 * half, cs, sn};
+  if (rotary) {
+    double* inv = dbl;
+    for (int64_t f = 0; f < half; ++f) {
+      inv[f] = std::pow(a.rope_theta, -2.0 * double(f) / double(D));
+      dbl[half + f] = std::cos(inv[f]);
+      dbl[2 * half + f] = std::sin(inv[f]);
+    }
+  }
+
+  // Visibility per query, and the tile's key ranges in each frame.
+  Visible vis[kMaxQueryTile];
+  int64_t sink_end = 0, win_lo = INT64_MAX, win_hi = 0;
+  for (int64_t t = 0; t < nq; ++t) {
+    vis[t] = visible(a.g, n, a.T, n + t0 + t, full);
+    sink_end = vis[t].sv > sink_end ? vis[t].sv : sink_end;
+    if (vis[t].lo < vis[t].hi) {
+      win_lo = vis[t].lo < win_lo ? vis[t].lo : win_lo;
+      win_hi = vis[t].hi > win_hi ? vis[t].hi : win_hi;
+    }
+  }
+  const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
+
+  // Queries: load, scale, rotate into both frames.
+  const T* q = static_cast<const T*>(a.q);
+  int64_t pos_s[kMaxRows], pos_w[kMaxRows];
+  for (int64_t t = 0; t < nq; ++t) {
+    const int64_t i = n + t0 + t;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = t * G + g;
+      float* row = qs + r * Dp;
+      std::memset(row, 0, Dp * sizeof(float));
+      load_row_f(q + ((b * a.T + t0 + t) * a.Hq + h * G + g) * D, D, row);
+      for (int64_t d = 0; d < D; ++d) row[d] *= a.scale;
+      std::memcpy(qw + r * Dp, row, Dp * sizeof(float));
+      pos_s[r] = query_pos_sink_frame(a.positions, vis[t], i);
+      pos_w[r] = query_pos_window_frame(a.positions, vis[t], i, base);
+    }
+  }
+  if (rotary) {
+    rope_rows(R, a.rope_style, pos_s, rows, Dp, qs);
+    rope_rows(R, a.rope_style, pos_w, rows, Dp, qw);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+  }
+  std::memset(acc, 0, rows * Dp * sizeof(float));
+
+  const T* knew = static_cast<const T*>(a.k);
+  const T* vnew = static_cast<const T*>(a.v);
+  const T* kpool = static_cast<const T*>(a.k_pool);
+  const T* vpool = static_cast<const T*>(a.v_pool);
+  const float cap = a.softcap;
+  const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+
+  // frame 0: sink keys [0, sink_end) at positions p; frame 1: window keys [win_lo, win_hi) at p - base.
+  for (int frame = 0; frame < 2; ++frame) {
+    const int64_t k_begin = frame == 0 ? 0 : base;
+    const int64_t k_end = frame == 0 ? sink_end : (win_lo == INT64_MAX ? base : win_hi);
+    const float* qf = frame == 0 ? qs : qw;
+    for (int64_t p0 = k_begin; p0 < k_end; p0 += kKeyBlock) {
+      const int nb = int(k_end - p0 < kKeyBlock ? k_end - p0 : kKeyBlock);
+      // Load (and rotate) the block; lanes past nb stay zero so they add nothing.
+      std::memset(kr, 0, kKeyBlock * Dp * sizeof(float));
+      std::memset(vb, 0, kKeyBlock * Dp * sizeof(float));
+      for (int j = 0; j < nb; ++j) {
+        const int64_t p = p0 + j;
+        load_row_f(key_row(a, knew, kpool, b, h, n, full, p), D, kr + j * Dp);
+        load_row_f(key_row(a, vnew, vpool, b, h, n, full, p), D, vb + j * Dp);
+      }
+      if (rotary) {
+        const int64_t P0 = frame == 0 ? p0 : p0 - base;
+        for (int j0 = 0; j0 < nb; j0 += kRopeTable) {
+          const int cnt = nb - j0 < kRopeTable ? nb - j0 : kRopeTable;
+          rope_table(P0 + j0, cnt, R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn);
+          for (int j = 0; j < cnt; ++j)
+            rope_apply(a.rope_style, R.half, R.cs + j * half, R.sn + j * half, kr + (j0 + j) * Dp);
+        }
+      }
+      for (int j = 0; j < kKeyBlock; ++j)
+        for (int64_t d = 0; d < D; ++d) kt[d * kKeyBlock + j] = kr[j * Dp + d];
+      const int nv = (nb + kLanes - 1) / kLanes;
+
+      for (int64_t r = 0; r < rows; ++r) {
+        const Visible& vi = vis[r / G];
+        // Visible keys of this block for row r: [jlo, jhi).
+        int64_t jlo, jhi;
+        if (frame == 0) {
+          jlo = 0;
+          jhi = vi.sv - p0;
+        } else {
+          jlo = vi.lo - p0;
+          jhi = vi.hi - p0;
+        }
+        jlo = jlo < 0 ? 0 : jlo;
+        jhi = jhi > nb ? nb : jhi;
+        if (jlo >= jhi) continue;
+        const float* qr = qf + r * Dp;
+        vf s[kKeyBlock / 4];  // up to 16 vectors (baseline: 4 lanes)
+        for (int v = 0; v < nv; ++v) s[v] = simd::splat(0.f);
+        for (int64_t d = 0; d < D; ++d) {
+          const vf qd = simd::splat(qr[d]);
+          const float* kd = kt + d * kKeyBlock;
+          for (int v = 0; v < nv; ++v) s[v] = simd::fma(qd, simd::load(kd + v * kLanes), s[v]);
+        }
+        vf mx = simd::splat(-INFINITY);
+        for (int v = 0; v < nv; ++v) {
+          vf x = s[v];
+          if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
+          simd::vi j = simd::vi{};
+          for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+          x = simd::select((j >= int32_t(jlo)) & (j < int32_t(jhi)), x, simd::splat(-INFINITY));
+          s[v] = x;
+          mx = simd::max(mx, x);
+        }
+        const float m_blk = hmax(mx);
+        const float m_new = m_blk > m[r] ? m_blk : m[r];
+        const float corr = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
+        for (int v = 0; v < nv; ++v) {
+          simd::store(sc + v * kLanes, simd::exp(s[v] - m_new));
+        }
+        // simd::exp clamps its input, so masked lanes come out tiny, not 0: only [jlo, jhi) count.
+        for (int64_t j = 0; j < jlo; ++j) sc[j] = 0.f;
+        for (int64_t j = jhi; j < nb; ++j) sc[j] = 0.f;
+        float psum = 0.f;
+        for (int64_t j = jlo; j < jhi; ++j) psum += sc[j];
+        l[r] = l[r] * corr + psum;
+        float* ar = acc + r * Dp;
+        if (corr != 1.f)
+          for (int64_t d = 0; d < Dp; d += kLanes) simd::store(ar + d, simd::load(ar + d) * corr);
+        for (int64_t j = jlo; j < jhi; ++j) {
+          const vf pj = simd::splat(sc[j]);
+          const float* vj = vb + j * Dp;
+          for (int64_t d = 0; d < Dp; d += kLanes) simd::store(ar + d, simd::fma(pj, simd::load(vj + d), simd::load(ar + d)));
+        }
+        m[r] = m_new;
+      }
+    }
+  }
+
+  // Finish: optional sink logit in the denominator, normalise, write out and lse.
+  T* out = static_cast<T*>(a.out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / G, hq = h * G + r % G;
+    float mr = m[r], lr = l[r];
+    float* ar = acc + r * Dp;
+    if (a.sink_logits != nullptr) {
+      const float sl = a.sink_logits[hq];
+      const float m2 = sl > mr ? sl : mr;
+      const float c = std::exp(mr - m2);
+      lr = lr * c + std::exp(sl - m2);
+      for (int64_t d = 0; d < D; ++d) ar[d] *= c;
+      mr = m2;
+    }
+    const float inv = 1.f / lr;
+    for (int64_t d = 0; d < Dp; ++d) ar[d] *= inv;
+    store_row_f(ar, D, out + ((b * a.T + t) * a.Hq + hq) * D);
+    if (a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = mr + std::log(lr);
+  }
+}
+
+// Work items [begin, end) of B * Hkv * ceil(T / tile).
+template <typename T>
+void attend(const AttnArgs& a, int64_t begin, int64_t end, float* scratch) {
+  const int64_t G = a.Hq / a.Hkv, tile = query_tile(G), tiles = (a.T + tile - 1) / tile;
+  for (int64_t w = begin; w < end; ++w) {
+    const int64_t tt = w % tiles, bh = w / tiles;
+    const int64_t t0 = tt * tile, t1 = t0 + tile < a.T ? t0 + tile : a.T;
+    attend_item<T>(a, bh / a.Hkv, bh % a.Hkv, t0, t1, scratch);
+  }
+}
+
+// ---- append / evict / EMA-sink -----------------------------------------------------------------
+
+template <typename T>
+FS_INLINE const T* new_row(const AppendArgs& a, const T* base, int64_t b, int64_t h, int64_t t) {
+  return base + ((b * a.T + t) * a.Hkv + h) * a.D;
+}
+
+// One (stream, kv head) pair; the caller advances lengths after every pair is done.
+template <typename T>
+void append_pair(const AppendArgs& a, int64_t b, int64_t h, float* tmp) {
+  const int64_t n = a.lengths[b], D = a.D;
+  const bool full = a.full_heads != nullptr && a.full_heads[h];
+  const bool ring = !full && a.g.window != kNoWindow;
+  for (int pool = 0; pool < 2; ++pool) {
+    T* dst = static_cast<T*>(pool == 0 ? a.k_pool : a.v_pool);
+    const T* src = static_cast<const T*>(pool == 0 ? a.k : a.v);
+    auto at = [&](int64_t slot) -> T* {
+      const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, D, b, h, a.Hkv, slot);
+      return off < 0 ? nullptr : dst + off;
+    };
+    // 1. sink tokens of this step, raw.
+    if (ring) {
+      for (int64_t p = n; p < n + a.T && p < a.g.sink; ++p) std::memcpy(at(p), new_row(a, src, b, h, p - n), D * sizeof(T));
+      // 2. EMA: fold each token leaving the window into sink slot p % sink, in token order.
+      if (a.ema && a.g.sink > 0) {
+        const float alpha = a.ema_alpha, beta = 1.f - a.ema_alpha;
+        for (int64_t p = evict_begin(a.g, n); p < evict_end(a.g, n, a.T); ++p) {
+          const T* ev = p >= n ? new_row(a, src, b, h, p - n) : at(slot_of(a.g, p, false));
+          T* sk = at(p % a.g.sink);
+          for (int64_t d = 0; d < D; ++d) tmp[d] = alpha * to_float(sk[d]) + beta * to_float(ev[d]);
+          for (int64_t d = 0; d < D; ++d) sk[d] = from_float<T>(tmp[d]);
+        }
+      }
+    }
+    // 3. tokens that keep a slot: the last `window` (ring) or all of them (full / no window).
+    for (int64_t p = first_kept(a.g, n, a.T, full); p < n + a.T; ++p) {
+      T* d = at(slot_of(a.g, p, full));
+      if (d != nullptr) std::memcpy(d, new_row(a, src, b, h, p - n), D * sizeof(T));
+    }
+  }
+}
+
+template <typename T>
+void append(const AppendArgs& a, int64_t begin, int64_t end, float* tmp) {
+  for (int64_t w = begin; w < end; ++w) append_pair<T>(a, w / a.Hkv, w % a.Hkv, tmp);
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::sink::cpu
