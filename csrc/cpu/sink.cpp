@@ -78,6 +78,7 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
     const int64_t n_max = check_cache_values(op, *k_pool, *page_table, *lengths);
     a.page_size = k_pool->size(1);
     a.pages_per_head = page_table->size(2);
+    a.pool_pages = k_pool->size(0);
     const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
     check_capacity(op, a.g, any_full, n_max, a.page_size * a.pages_per_head);
     a.k_pool = k_pool->const_data_ptr();
@@ -129,6 +130,7 @@ void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor&
   a.B = k.size(0); a.T = k.size(1); a.Hkv = k.size(2); a.D = k.size(3);
   a.page_size = k_pool.size(1);
   a.pages_per_head = page_table.size(2);
+  a.pool_pages = k_pool.size(0);
   const int64_t n_max = check_cache_values(op, k_pool, page_table, lengths);
   const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
   check_capacity(op, a.g, any_full, n_max + a.T, a.page_size * a.pages_per_head);

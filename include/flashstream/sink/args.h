@@ -24,7 +24,7 @@ struct AttnArgs {
   void* out = nullptr;
   float* lse = nullptr;
   int64_t B = 0, T = 0, Hq = 0, Hkv = 0, D = 0;
-  int64_t page_size = 1, pages_per_head = 0;
+  int64_t page_size = 1, pages_per_head = 0, pool_pages = 0;
   Geometry g;
   Positions positions = Positions::cache;
   RopeStyle rope_style = RopeStyle::half;
@@ -42,19 +42,23 @@ struct AppendArgs {
   int64_t* lengths = nullptr;  // advanced by T
   const bool* full_heads = nullptr;
   int64_t B = 0, T = 0, Hkv = 0, D = 0;
-  int64_t page_size = 1, pages_per_head = 0;
+  int64_t page_size = 1, pages_per_head = 0, pool_pages = 0;
   Geometry g;
   bool ema = false;
   float ema_alpha = 1.0f;
 };
 
-// Where slot s of (b, h) lives in a pool, in elements; -1 when the page table can't hold it
-// (kernels then skip the token; the bindings reject such appends before launching).
+// Where slot s of (b, h) lives in a pool, in elements; -1 when the page table can't hold it or
+// names a page outside the pool. The CPU bindings reject such inputs before launching; the CUDA
+// kernels (which can't check without a host sync) skip such slots, so nothing is ever written or
+// read outside the pool.
 FS_HOST_DEVICE FS_INLINE int64_t slot_offset(const int32_t* page_table, int64_t pages_per_head, int64_t page_size,
-                                             int64_t D, int64_t b, int64_t h, int64_t Hkv, int64_t slot) {
+                                             int64_t pool_pages, int64_t D, int64_t b, int64_t h, int64_t Hkv,
+                                             int64_t slot) {
   const int64_t page_idx = slot / page_size;
   if (page_idx >= pages_per_head) return -1;
   const int64_t page = page_table[(b * Hkv + h) * pages_per_head + page_idx];
+  if (page < 0 || page >= pool_pages) return -1;
   return (page * page_size + slot % page_size) * D;
 }
 

@@ -125,7 +125,8 @@ template <typename T>
 FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, int64_t b, int64_t h, int64_t n,
                            bool full, int64_t p) {
   if (p >= n) return base_new + ((b * a.T + (p - n)) * a.Hkv + h) * a.D;
-  const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.D, b, h, a.Hkv, slot_of(a.g, p, full));
+  const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.pool_pages, a.D, b, h, a.Hkv,
+                                  slot_of(a.g, p, full));
   return pool + off;
 }
 
@@ -340,7 +341,7 @@ void append_pair(const AppendArgs& a, int64_t b, int64_t h, float* tmp) {
     T* dst = static_cast<T*>(pool == 0 ? a.k_pool : a.v_pool);
     const T* src = static_cast<const T*>(pool == 0 ? a.k : a.v);
     auto at = [&](int64_t slot) -> T* {
-      const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, D, b, h, a.Hkv, slot);
+      const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.pool_pages, D, b, h, a.Hkv, slot);
       return off < 0 ? nullptr : dst + off;
     };
     // 1. sink tokens of this step, raw.
