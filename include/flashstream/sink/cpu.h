@@ -24,6 +24,17 @@ inline namespace FLASHSTREAM_ISA {
 using simd::vf;
 using simd::kLanes;
 
+// One broadcast instruction from memory (splat(x) costs a scalar add and a shuffle).
+FS_INLINE vf bcast(const float* p) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_set1_ps(*p);
+#elif defined(__AVX2__)
+  return (vf)_mm256_broadcast_ss(p);
+#else
+  return simd::splat(*p);
+#endif
+}
+
 FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
 FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
 
@@ -48,9 +59,11 @@ FS_INLINE void store_row_f(const float* src, int64_t D, T* dst) {
 // cos / sin of (P0 + j) * inv_freq[f] for j < count, f < half, into cs[j * half + f], sn[...].
 // Seeded exactly in double at P0 (any size: absolute positions of long streams), then advanced by
 // the double angle-addition recurrence (error ~count * 1e-16), rounded once to float.
+// With `resume`, (c, s) already hold the angles of P0 (left there by the previous call, which
+// ended at P0): consecutive key blocks then share one seed per frame.
 inline void rope_table(int64_t P0, int count, int half, const double* inv_freq, const double* step_c,
-                       const double* step_s, double* c, double* s, float* cs, float* sn) {
-  for (int f = 0; f < half; ++f) {
+                       const double* step_s, double* c, double* s, float* cs, float* sn, bool resume = false) {
+  for (int f = 0; f < half && !resume; ++f) {
     const double a = double(P0) * inv_freq[f];
     c[f] = std::cos(a);
     s[f] = std::sin(a);
@@ -130,6 +143,124 @@ FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, 
   return pool + off;
 }
 
+// Rows per register block: they share every key / value vector load. kKeyBlock / kLanes score
+// vectors per row stay in registers: 4 rows x 4 zmm on AVX-512; one row elsewhere.
+inline constexpr int kNV = kKeyBlock / kLanes;
+inline constexpr int kRowBlock = kLanes >= 16 ? 4 : 1;
+
+// Online-softmax update of rows [r0, r0 + nr) with one key block (kt: transposed keys, vb: values).
+FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, int nb, int64_t D, int64_t Dp,
+                          int64_t r0, int nr, const float* qf, const float* kt, const float* vb, float cap, float* sc,
+                          float* m, float* l, float* acc, const float* zero_row) {
+  int64_t jlo[kRowBlock], jhi[kRowBlock];
+  const float* qr[kRowBlock];
+  bool any = false;
+  for (int i = 0; i < kRowBlock; ++i) {
+    jlo[i] = 0;
+    jhi[i] = 0;
+    qr[i] = zero_row;  // inactive rows score a row of zeros, and are then ignored
+    if (i >= nr) continue;
+    const Visible& vi = vis[(r0 + i) / G];
+    int64_t lo = frame == 0 ? 0 : vi.lo - p0, hi = frame == 0 ? vi.sv - p0 : vi.hi - p0;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > nb ? nb : hi;
+    if (lo < hi) {
+      jlo[i] = lo;
+      jhi[i] = hi;
+      qr[i] = qf + (r0 + i) * Dp;
+      any = true;
+    }
+  }
+  if (!any) return;
+  // Scores: D broadcast-FMAs over the block's key vectors, kRowBlock rows at once.
+  vf s[kRowBlock][kNV];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) s[i][v] = simd::splat(0.f);
+  for (int64_t d = 0; d < D; ++d) {
+    const float* kd = kt + d * kKeyBlock;
+    vf kv[kNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kd + v * kLanes);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      const vf qd = bcast(qr[i] + d);
+#pragma GCC unroll 16
+      for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
+    }
+  }
+  // Softmax bookkeeping per row; probabilities outside a row's [jlo, jhi) are exactly 0.
+  float corr[kRowBlock];
+  int64_t jmin = kKeyBlock, jmax = 0;
+  for (int i = 0; i < kRowBlock; ++i) {
+    corr[i] = 1.f;
+    float* sci = sc + i * kKeyBlock;
+    if (jlo[i] >= jhi[i]) {
+      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
+      continue;
+    }
+    const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+    vf mx = simd::splat(-INFINITY);
+    simd::vi in[kNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      vf x = s[i][v];
+      if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
+      simd::vi j = simd::vi{};
+      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+      in[v] = (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
+      x = simd::select(in[v], x, simd::splat(-INFINITY));
+      s[i][v] = x;
+      mx = simd::max(mx, x);
+    }
+    const int64_t r = r0 + i;
+    const float m_blk = hmax(mx);
+    const float m_new = m_blk > m[r] ? m_blk : m[r];
+    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first block (m = -inf)
+    vf psum = simd::splat(0.f);
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      // simd::exp clamps its input, so masked lanes would come out tiny, not 0: select 0.
+      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
+      psum += pv;
+      simd::store(sci + v * kLanes, pv);
+    }
+    l[r] = l[r] * corr[i] + hsum(psum);
+    m[r] = m_new;
+    jmin = jlo[i] < jmin ? jlo[i] : jmin;
+    jmax = jhi[i] > jmax ? jhi[i] : jmax;
+  }
+  // acc = acc * corr + P V over the rows' union of keys, four vectors of head dims at a time.
+  for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
+    const int64_t left = (Dp - d0) / kLanes;
+    const int nvd = int(left < 4 ? left : 4);
+    vf av[kRowBlock][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + (r0 + i) * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
+    for (int64_t j = jmin; j < jmax; ++j) {
+      const float* vj = vb + j * Dp + d0;
+      vf vv[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
+#pragma GCC unroll 4
+      for (int i = 0; i < kRowBlock; ++i) {
+        const vf pj = bcast(sc + i * kKeyBlock + j);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        if (i < nr && u < nvd) simd::store(acc + (r0 + i) * Dp + d0 + u * kLanes, av[i][u]);
+  }
+}
+
 // One work item: stream b, kv head h, queries [t0, t1) of the step.
 template <typename T>
 void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* scratch) {
@@ -147,10 +278,12 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
   float* kt = l + rows;                // [Dp, kKeyBlock] keys of a block, transposed
   float* kr = kt + Dp * kKeyBlock;     // [kKeyBlock, Dp] keys of a block, rotated rows
   float* vb = kr + Dp * kKeyBlock;     // [kKeyBlock, Dp]
-  float* sc = vb + kKeyBlock * Dp;     // [kKeyBlock]
-  float* cs = sc + kKeyBlock;          // rope tables [kRopeTable, half] x 2
+  float* sc = vb + kKeyBlock * Dp;     // [kRowBlock, kKeyBlock] probabilities
+  float* cs = sc + 4 * kKeyBlock;      // rope tables [kRopeTable, half] x 2
   float* sn = cs + kRopeTable * half;
-  double* dbl = reinterpret_cast<double*>(((reinterpret_cast<uintptr_t>(sn + kRopeTable * half)) + 63) & ~uintptr_t(63));
+  float* zero_row = sn + kRopeTable * half;  // [Dp] zeros
+  std::memset(zero_row, 0, Dp * sizeof(float));
+  double* dbl = reinterpret_cast<double*>(((reinterpret_cast<uintptr_t>(zero_row + Dp)) + 63) & ~uintptr_t(63));
   Rope R{int(half), dbl, dbl + half, dbl + 2 * half, dbl + 3 * half, dbl + 4 * half, cs, sn};
   if (rotary) {
     double* inv = dbl;
@@ -205,18 +338,25 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
   const T* kpool = static_cast<const T*>(a.k_pool);
   const T* vpool = static_cast<const T*>(a.v_pool);
   const float cap = a.softcap;
-  const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
 
   // frame 0: sink keys [0, sink_end) at positions p; frame 1: window keys [win_lo, win_hi) at p - base.
   for (int frame = 0; frame < 2; ++frame) {
     const int64_t k_begin = frame == 0 ? 0 : base;
     const int64_t k_end = frame == 0 ? sink_end : (win_lo == INT64_MAX ? base : win_hi);
     const float* qf = frame == 0 ? qs : qw;
+    int64_t rope_next = INT64_MIN;  // the position the rotary recurrence has reached
     for (int64_t p0 = k_begin; p0 < k_end; p0 += kKeyBlock) {
       const int nb = int(k_end - p0 < kKeyBlock ? k_end - p0 : kKeyBlock);
       // Load (and rotate) the block; lanes past nb stay zero so they add nothing.
-      std::memset(kr, 0, kKeyBlock * Dp * sizeof(float));
-      std::memset(vb, 0, kKeyBlock * Dp * sizeof(float));
+      if (nb < kKeyBlock) {  // lanes past nb must be zeros (finite), so they add nothing
+        std::memset(kr + nb * Dp, 0, (kKeyBlock - nb) * Dp * sizeof(float));
+        std::memset(vb + nb * Dp, 0, (kKeyBlock - nb) * Dp * sizeof(float));
+      }
+      if (Dp != D)
+        for (int j = 0; j < nb; ++j) {
+          std::memset(kr + j * Dp + D, 0, (Dp - D) * sizeof(float));
+          std::memset(vb + j * Dp + D, 0, (Dp - D) * sizeof(float));
+        }
       for (int j = 0; j < nb; ++j) {
         const int64_t p = p0 + j;
         load_row_f(key_row(a, knew, kpool, b, h, n, full, p), D, kr + j * Dp);
@@ -226,69 +366,18 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
         const int64_t P0 = frame == 0 ? p0 : p0 - base;
         for (int j0 = 0; j0 < nb; j0 += kRopeTable) {
           const int cnt = nb - j0 < kRopeTable ? nb - j0 : kRopeTable;
-          rope_table(P0 + j0, cnt, R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn);
+          rope_table(P0 + j0, cnt, R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn,
+                     P0 + j0 == rope_next);
+          rope_next = P0 + j0 + cnt;
           for (int j = 0; j < cnt; ++j)
             rope_apply(a.rope_style, R.half, R.cs + j * half, R.sn + j * half, kr + (j0 + j) * Dp);
         }
       }
       for (int j = 0; j < kKeyBlock; ++j)
         for (int64_t d = 0; d < D; ++d) kt[d * kKeyBlock + j] = kr[j * Dp + d];
-      const int nv = (nb + kLanes - 1) / kLanes;
-
-      for (int64_t r = 0; r < rows; ++r) {
-        const Visible& vi = vis[r / G];
-        // Visible keys of this block for row r: [jlo, jhi).
-        int64_t jlo, jhi;
-        if (frame == 0) {
-          jlo = 0;
-          jhi = vi.sv - p0;
-        } else {
-          jlo = vi.lo - p0;
-          jhi = vi.hi - p0;
-        }
-        jlo = jlo < 0 ? 0 : jlo;
-        jhi = jhi > nb ? nb : jhi;
-        if (jlo >= jhi) continue;
-        const float* qr = qf + r * Dp;
-        vf s[kKeyBlock / 4];  // up to 16 vectors (baseline: 4 lanes)
-        for (int v = 0; v < nv; ++v) s[v] = simd::splat(0.f);
-        for (int64_t d = 0; d < D; ++d) {
-          const vf qd = simd::splat(qr[d]);
-          const float* kd = kt + d * kKeyBlock;
-          for (int v = 0; v < nv; ++v) s[v] = simd::fma(qd, simd::load(kd + v * kLanes), s[v]);
-        }
-        vf mx = simd::splat(-INFINITY);
-        for (int v = 0; v < nv; ++v) {
-          vf x = s[v];
-          if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
-          simd::vi j = simd::vi{};
-          for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
-          x = simd::select((j >= int32_t(jlo)) & (j < int32_t(jhi)), x, simd::splat(-INFINITY));
-          s[v] = x;
-          mx = simd::max(mx, x);
-        }
-        const float m_blk = hmax(mx);
-        const float m_new = m_blk > m[r] ? m_blk : m[r];
-        const float corr = std::exp(m[r] - m_new);  // 0 on the first block (m = -inf)
-        for (int v = 0; v < nv; ++v) {
-          simd::store(sc + v * kLanes, simd::exp(s[v] - m_new));
-        }
-        // simd::exp clamps its input, so masked lanes come out tiny, not 0: only [jlo, jhi) count.
-        for (int64_t j = 0; j < jlo; ++j) sc[j] = 0.f;
-        for (int64_t j = jhi; j < nb; ++j) sc[j] = 0.f;
-        float psum = 0.f;
-        for (int64_t j = jlo; j < jhi; ++j) psum += sc[j];
-        l[r] = l[r] * corr + psum;
-        float* ar = acc + r * Dp;
-        if (corr != 1.f)
-          for (int64_t d = 0; d < Dp; d += kLanes) simd::store(ar + d, simd::load(ar + d) * corr);
-        for (int64_t j = jlo; j < jhi; ++j) {
-          const vf pj = simd::splat(sc[j]);
-          const float* vj = vb + j * Dp;
-          for (int64_t d = 0; d < Dp; d += kLanes) simd::store(ar + d, simd::fma(pj, simd::load(vj + d), simd::load(ar + d)));
-        }
-        m[r] = m_new;
-      }
+      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+        block_rows(vis, G, frame, p0, nb, D, Dp, r0, rows - r0 < kRowBlock ? int(rows - r0) : kRowBlock, qf, kt, vb,
+                   cap, sc, m, l, acc, zero_row);
     }
   }
 
