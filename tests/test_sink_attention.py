@@ -2,8 +2,10 @@
 
 import random
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from flashstream.ops import sink_attention_offline
 from references.sink_attention import sink_attention_reference, visible_tokens
@@ -168,3 +170,27 @@ def test_torch_compile_fullgraph(device):
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_against_reference(data):
+    """Hypothesis over the whole configuration space (small shapes), CPU, fp32."""
+    Hkv = data.draw(st.integers(1, 3), "Hkv")
+    G = data.draw(st.integers(1, 4), "G")
+    D = data.draw(st.sampled_from([2, 4, 8, 18, 32, 64]), "D")
+    S = data.draw(st.integers(1, 40), "S")
+    mask = data.draw(st.sampled_from(["causal", "chunk"]), "mask")
+    full = data.draw(st.lists(st.booleans(), min_size=Hkv, max_size=Hkv), "full")
+    kw = dict(sink=data.draw(st.integers(0, 8), "sink"), window=data.draw(st.one_of(st.none(), st.integers(1, 45)), "window"),
+              mask=mask, chunk_size=data.draw(st.integers(1, 12), "chunk") if mask == "chunk" else None,
+              positions=data.draw(st.sampled_from(["cache", "absolute", "none"]), "positions"),
+              rope_style=data.draw(st.sampled_from(["half", "interleaved"]), "style"),
+              rope_theta=data.draw(st.sampled_from([10.0, 1e4, 1e6]), "theta"),
+              full_heads=torch.tensor(full), softcap=data.draw(st.sampled_from([None, 2.0]), "softcap"))
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), "seed"))
+    q, k, v = rand_qkv(data.draw(st.integers(1, 2), "B"), S, Hkv * G, Hkv, D, torch.float32, "cpu", gen)
+    out, lse = sink_attention_offline(q, k, v, return_lse=True, **kw)
+    ref, ref_lse = sink_attention_reference(q, k, v, **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=3e-5, atol=3e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=3e-5, atol=3e-5)
