@@ -38,6 +38,11 @@ TORCH_LIBRARY(flashstream, m) {
         "Tensor? lengths, Tensor? full_heads, int sink, int window, str positions, float rope_theta, "
         "str rope_style, str mask, int chunk_size, float scale, float softcap, Tensor? sink_logits) "
         "-> (Tensor out, Tensor lse)");
+  // Into caller-owned out / lse (no allocation on a decode step's path); returns nothing.
+  m.def("sink_attention_out(Tensor q, Tensor k, Tensor v, Tensor? k_pool, Tensor? v_pool, Tensor? page_table, "
+        "Tensor? lengths, Tensor? full_heads, int sink, int window, str positions, float rope_theta, "
+        "str rope_style, str mask, int chunk_size, float scale, float softcap, Tensor? sink_logits, "
+        "Tensor(a!) out, Tensor(b!) lse) -> ()");
   // Appends k, v [B,T,Hkv,D] to the pools through the page table: sink slots, window ring (evicting,
   // with the EMA-sink fold when ema_alpha is given), every token of full heads; lengths += T.
   m.def("sink_cache_append(Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, "

@@ -4,6 +4,7 @@
 #include <optional>
 #include <string_view>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 
 #include "check.h"
@@ -107,6 +108,25 @@ inline void check_sink_logits(const char* op, const at::Tensor& q, const std::op
   check_shape(op, "sink_logits", *sl, {q.size(2)}, "[Hq]");
   check_same_device(op, "sink_logits", *sl, q, "q");
   check_contiguous(op, "sink_logits", *sl);
+}
+
+// Caller-owned outputs of sink_attention_out: out like q, lse fp32 [B, T, Hq]; contiguous, on q's
+// device, overlapping no input and not each other.
+inline void check_sink_outputs(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& out, const at::Tensor& lse) {
+  check_dtype(op, "out", out, q.scalar_type());
+  check_shape(op, "out", out, q.sizes(), "q.shape");
+  check_dtype(op, "lse", lse, at::kFloat);
+  check_shape(op, "lse", lse, q.sizes().slice(0, 3), "q.shape[:3]");
+  check_same_device(op, "out", out, q, "q");
+  check_same_device(op, "lse", lse, q, "q");
+  check_contiguous(op, "out", out);
+  check_contiguous(op, "lse", lse);
+  for (const auto* t : {&q, &k, &v})
+    FS_CHECK_VALUE(at::get_overlap_status(out, *t) == at::MemOverlapStatus::No &&
+                       at::get_overlap_status(lse, *t) == at::MemOverlapStatus::No,
+                   op, "out and lse must not overlap q, k or v");
+  FS_CHECK_VALUE(at::get_overlap_status(out, lse) == at::MemOverlapStatus::No, op, "out and lse must not overlap");
 }
 
 }  // namespace flashstream

@@ -341,18 +341,45 @@ def test_cuda_graph_decode_step():
     stream(cache, q, k, v, [20])
     stream(eager, q, k, v, [20])
     sq, sk, sv = q[:, :1].clone(), k[:, :1].clone(), v[:, :1].clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up outside the graph, as torch asks
-        pass
-    torch.cuda.current_stream().wait_stream(s)
+    sout = torch.empty_like(sq)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        sout = cache.step(0, sq, sk, sv)
+        cache.step(0, sq, sk, sv, out=sout)  # into a caller-owned output (the LSE buffer is made once)
     # capture recorded the step without running it: the cache is still at 20
+    assert cache.lengths.tolist() == [20, 20]
     for t in range(20, 60):
         sq.copy_(q[:, t:t + 1]); sk.copy_(k[:, t:t + 1]); sv.copy_(v[:, t:t + 1])
         g.replay()
         want = eager.step(0, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1])
         torch.testing.assert_close(sout, want, rtol=0, atol=0)
     assert cache.lengths.tolist() == [60, 60]
+
+
+def test_step_into_caller_owned_output(device):
+    a = SinkCache(1, 2, 2, 32, sink=2, window=5, page_size=4, dtype=torch.float32, device=device)
+    b = SinkCache(1, 2, 2, 32, sink=2, window=5, page_size=4, dtype=torch.float32, device=device)
+    q, k, v = rand_qkv(2, 12, 4, 2, 32, torch.float32, device)
+    buf = torch.full((2, 1, 4, 32), float("nan"), device=device)
+    for t in range(12):
+        sl = slice(t, t + 1)
+        got = a.step(0, q[:, sl], k[:, sl], v[:, sl], out=buf)
+        assert got is buf
+        torch.testing.assert_close(buf, b.step(0, q[:, sl], k[:, sl], v[:, sl]), rtol=0, atol=0)
+    assert len(a._lse_buffers) == 1  # one LSE buffer, reused by every step
+
+
+def test_attention_out_op(device):
+    q, k, v = rand_qkv(1, 9, 4, 2, 64, torch.float32, device)
+    args = (q, k, v, None, None, None, None, None, 2, 4, "cache", 1e4, "half", "causal", 0, 0.125, 0.0, None)
+    want, want_lse = torch.ops.flashstream.sink_attention.default(*args)
+    out, lse = torch.empty_like(q), torch.empty(1, 9, 4, device=device)
+    torch.ops.flashstream.sink_attention_out.default(*args, out, lse)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out must be q.shape"):
+        torch.ops.flashstream.sink_attention_out.default(*args, out[:, :8], lse)
+    with pytest.raises(ValueError, match="lse must be"):
+        torch.ops.flashstream.sink_attention_out.default(*args, out, lse[..., :3])
+    with pytest.raises(ValueError, match="must not overlap"):
+        torch.ops.flashstream.sink_attention_out.default(*args, q, lse)
+    torch.library.opcheck(torch.ops.flashstream.sink_attention_out.default, args + (out, lse))

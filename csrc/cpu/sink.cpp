@@ -48,13 +48,14 @@ void check_capacity(const char* op, const sink::Geometry& g, bool any_full, int6
                  " slots but its page table holds ", capacity, " (pages_per_head * page_size); raise max_tokens");
 }
 
-std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
-    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
-    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
-    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
-    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits) {
-  const char* op = "sink_attention";
+// Attention into out / lse (allocated by the functional op, or the caller's for sink_attention_out).
+void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const std::optional<at::Tensor>& k_pool, const std::optional<at::Tensor>& v_pool,
+                 const std::optional<at::Tensor>& page_table, const std::optional<at::Tensor>& lengths,
+                 const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
+                 c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+                 int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits,
+                 at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
   check_sink_qkv(op, q, k, v);
   check_cpu(op, q);
   sink::AttnArgs a;
@@ -94,11 +95,10 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
   a.v = v.const_data_ptr();
   if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
   if (sink_logits.has_value()) a.sink_logits = sink_logits->const_data_ptr<float>();
-  at::Tensor out = at::empty_like(q);
-  at::Tensor lse = at::empty({a.B, a.T, a.Hq}, q.options().dtype(at::kFloat));
+  if (caller_outputs) check_sink_outputs(op, q, k, v, out, lse);
   a.out = out.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr<float>();
-  if (q.numel() == 0) return {out, lse};
+  if (q.numel() == 0) return;
   const int64_t G = a.Hq / a.Hkv, tile = sink::cpu::query_tile(G);
   const int64_t items = a.B * a.Hkv * ((a.T + tile - 1) / tile);
   const int64_t scratch_floats = sink::cpu::attend_scratch_floats(a.D, G);
@@ -108,7 +108,31 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
     std::unique_ptr<float[]> scratch(new float[scratch_floats]);
     kern.attend(dt, a, begin, end, scratch.get());
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits) {
+  check_sink_qkv("sink_attention", q, k, v);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));
+  attend_into("sink_attention", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window, positions,
+              rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, false);
   return {out, lse};
+}
+
+void sink_attention_out_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits, at::Tensor& out,
+    at::Tensor& lse) {
+  attend_into("sink_attention_out", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window,
+              positions, rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, true);
 }
 
 void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_pool, at::Tensor& v_pool,
@@ -156,6 +180,7 @@ void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor&
 
 TORCH_LIBRARY_IMPL(flashstream, CPU, m) {
   m.impl("sink_attention", &sink_attention_cpu);
+  m.impl("sink_attention_out", &sink_attention_out_cpu);
   m.impl("sink_cache_append", &sink_cache_append_cpu);
 }
 

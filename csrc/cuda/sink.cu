@@ -28,13 +28,14 @@ cudaError_t by_dtype(DType dt, Fn&& fn) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> sink_attention_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
-    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
-    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
-    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
-    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits) {
-  const char* op = "sink_attention";
+// Attention into out / lse (allocated by the functional op, or the caller's for sink_attention_out).
+void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const std::optional<at::Tensor>& k_pool, const std::optional<at::Tensor>& v_pool,
+                 const std::optional<at::Tensor>& page_table, const std::optional<at::Tensor>& lengths,
+                 const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
+                 c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+                 int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits,
+                 at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
   check_sink_qkv(op, q, k, v);
   check_cuda(op, q);
   sink::AttnArgs a;
@@ -71,15 +72,38 @@ std::tuple<at::Tensor, at::Tensor> sink_attention_cuda(
   a.v = v.const_data_ptr();
   if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
   if (sink_logits.has_value()) a.sink_logits = sink_logits->const_data_ptr<float>();
+  if (caller_outputs) check_sink_outputs(op, q, k, v, out, lse);
   DeviceGuard guard(q);
-  at::Tensor out = at::empty_like(q);
-  at::Tensor lse = at::empty({a.B, a.T, a.Hq}, q.options().dtype(at::kFloat));
   a.out = out.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr<float>();
-  if (q.numel() == 0) return {out, lse};
+  if (q.numel() == 0) return;
   const cudaStream_t stream = current_stream(q);
   check_launch(by_dtype(sink_dtype_of(q), [&](auto t) { return sink::cuda::launch_attend<decltype(t)>(a, stream); }), op);
+}
+
+std::tuple<at::Tensor, at::Tensor> sink_attention_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits) {
+  check_sink_qkv("sink_attention", q, k, v);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));
+  attend_into("sink_attention", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window, positions,
+              rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, false);
   return {out, lse};
+}
+
+void sink_attention_out_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits, at::Tensor& out,
+    at::Tensor& lse) {
+  attend_into("sink_attention_out", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window,
+              positions, rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, true);
 }
 
 void sink_cache_append_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_pool, at::Tensor& v_pool,
@@ -119,6 +143,7 @@ void sink_cache_append_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor
 
 TORCH_LIBRARY_IMPL(flashstream, CUDA, m) {
   m.impl("sink_attention", &sink_attention_cuda);
+  m.impl("sink_attention_out", &sink_attention_out_cuda);
   m.impl("sink_cache_append", &sink_cache_append_cuda);
 }
 

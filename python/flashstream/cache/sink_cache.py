@@ -43,8 +43,9 @@ the slots bit-identical to static sinks.
 
 **Memory.** All pages are assigned when the cache is built: ``ceil((sink + window) / page_size)``
 per streaming (stream, head), ``ceil(max_tokens / page_size)`` per full one. A stream of any
-length therefore keeps :meth:`memory_bytes` constant: the pools, the page tables, the lengths
-and the full-head masks, i.e. every byte of device memory the cache owns.
+length therefore keeps :meth:`memory_bytes` constant: the pools, the page tables, the lengths,
+the full-head masks and the per-shape LSE buffers of ``step(out=...)``: every byte of device
+memory the cache owns.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class SinkCache:
         self._any_full = [bool(full_heads[layer].any()) for layer in range(num_layers)]
         self._lengths = torch.zeros(num_layers, batch_size, dtype=torch.int64, device=self.device)
         self._host_lengths = [[0] * batch_size for _ in range(num_layers)]
+        self._lse_buffers: dict = {}  # step(out=...) writes the LSE here: one buffer per shape
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -144,9 +146,10 @@ class SinkCache:
         return self._lengths
 
     def memory_bytes(self) -> int:
-        """Device bytes the cache owns: pools, page tables, lengths, full-head masks. Constant after
-        construction, whatever the stream length."""
-        tensors = [*self.k_pool, *self.v_pool, *self.page_table, *self.full_heads, self._lengths]
+        """Device bytes the cache owns: pools, page tables, lengths, full-head masks (and the small
+        LSE buffer of each step shape used with ``step(out=...)``). Independent of stream length."""
+        tensors = [*self.k_pool, *self.v_pool, *self.page_table, *self.full_heads, self._lengths,
+                   *self._lse_buffers.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def reset(self, streams: Sequence[int] | torch.Tensor | None = None) -> None:
@@ -170,11 +173,13 @@ class SinkCache:
 
     def step(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str = "causal",
              scale: float | None = None, *, softcap: float | None = None,
-             sink_logits: torch.Tensor | None = None) -> torch.Tensor:
+             sink_logits: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
         """Attends q ``[B, T, Hq, D]`` over this layer's cache plus the new k, v ``[B, T, Hkv, D]``
         (pre-rotary), then appends k, v (evicting). Returns ``[B, T, Hq, D]``. With
         ``mask="chunk"`` the T tokens are one chunk. Raises, changing nothing, if the step would
-        overflow the pool (full heads or ``window=None`` beyond ``max_tokens``)."""
+        overflow the pool (full heads or ``window=None`` beyond ``max_tokens``). ``out``: an optional
+        caller-owned ``[B, T, Hq, D]`` tensor to write into; with it a step allocates nothing (the
+        LSE goes to a buffer the cache keeps per shape), as a replayed CUDA graph needs."""
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"flashstream.SinkCache.step: layer must be in [0, {self.num_layers}), got {layer}")
         T = k.shape[1] if k.dim() == 4 else 0
@@ -188,9 +193,16 @@ class SinkCache:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         kw = dict(sink=self.sink, window=self.window, full_heads=self.full_heads[layer])
         lengths = self._lengths[layer]
+        outs = None
+        if out is not None:
+            key = (tuple(q.shape[:3]), q.device)
+            lse = self._lse_buffers.get(key)
+            if lse is None:
+                lse = self._lse_buffers[key] = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+            outs = (out, lse)
         out, _ = sink_cache_attend(q, k, v, self.k_pool[layer], self.v_pool[layer], self.page_table[layer], lengths,
                                    positions=self.positions, rope_theta=self.rope_theta, rope_style=self.rope_style,
-                                   mask=mask, scale=scale, softcap=softcap, sink_logits=sink_logits, **kw)
+                                   mask=mask, scale=scale, softcap=softcap, sink_logits=sink_logits, out=outs, **kw)
         sink_cache_append(k, v, self.k_pool[layer], self.v_pool[layer], self.page_table[layer], lengths,
                           ema_alpha=self.ema_alpha, **kw)
         for b in range(self.batch_size):

@@ -19,6 +19,7 @@ Ops (``torch.ops.flashstream.*``):
 
 * ``sink_attention``: attention over an optional paged cache of one layer plus the new k, v. No
   cache: :func:`sink_attention_offline`. With a cache: :func:`sink_cache_attend`.
+* ``sink_attention_out``: the same into caller-owned ``out`` / ``lse`` (no allocation).
 * ``sink_cache_append``: fused append / evict / EMA-sink into the pools; advances ``lengths``.
 """
 
@@ -68,18 +69,24 @@ def sink_attention_offline(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 def sink_cache_attend(q, k, v, k_pool, v_pool, page_table, lengths, *, sink: int, window: int | None,
                       full_heads: torch.Tensor | None = None, positions: str = "cache", rope_theta: float = 10000.0,
                       rope_style: str = "half", mask: str = "causal", scale: float | None = None,
-                      softcap: float | None = None, sink_logits: torch.Tensor | None = None):
+                      softcap: float | None = None, sink_logits: torch.Tensor | None = None,
+                      out: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Attention of a step's queries over one layer's cache as it was before the step plus the step's
     own k, v (not yet appended). Returns ``(out [B,T,Hq,D], lse [B,T,Hq] fp32)``.
 
     Cache of one layer: ``k_pool, v_pool [pages, page_size, D]`` (pages of one kv head's tokens),
     ``page_table`` int32 ``[B, Hkv, pages_per_head]``, ``lengths`` int64 ``[B]`` (tokens before
-    the step). With ``mask="chunk"`` the step is one chunk.
+    the step). With ``mask="chunk"`` the step is one chunk. ``out``: optional caller-owned
+    ``(out, lse)`` to write into (contiguous, the shapes and dtypes above, overlapping no input), so
+    that a decode step allocates nothing.
     """
-    return torch.ops.flashstream.sink_attention.default(
-        q, k, v, k_pool, v_pool, page_table, lengths, full_heads, int(sink), _window(window), positions,
-        float(rope_theta), rope_style, mask, int(q.shape[1]), _scale(scale, q.shape[-1]), float(softcap or 0.0),
-        sink_logits)
+    args = (q, k, v, k_pool, v_pool, page_table, lengths, full_heads, int(sink), _window(window), positions,
+            float(rope_theta), rope_style, mask, int(q.shape[1]), _scale(scale, q.shape[-1]), float(softcap or 0.0),
+            sink_logits)
+    if out is not None:
+        torch.ops.flashstream.sink_attention_out.default(*args, out[0], out[1])
+        return out
+    return torch.ops.flashstream.sink_attention.default(*args)
 
 
 def sink_cache_append(k, v, k_pool, v_pool, page_table, lengths, *, sink: int, window: int | None,
@@ -103,6 +110,14 @@ def _sink_attention_fake(q, k, v, k_pool, v_pool, page_table, lengths, full_head
     torch._check(k.shape[2] >= 1 and q.shape[2] % k.shape[2] == 0,
                  lambda: f"flashstream.sink_attention: q heads ({q.shape[2]}) must be a multiple of k heads ({k.shape[2]})")
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.register_fake("flashstream::sink_attention_out")
+def _sink_attention_out_fake(q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink, window, positions,
+                             rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse):
+    torch._check(out.shape == q.shape, lambda: f"flashstream.sink_attention_out: out must be q.shape = {list(q.shape)}, got {list(out.shape)}")
+    torch._check(lse.shape == q.shape[:3], lambda: f"flashstream.sink_attention_out: lse must be q.shape[:3] = {list(q.shape[:3])}, got {list(lse.shape)}")
+    return None
 
 
 @torch.library.register_fake("flashstream::sink_cache_append")
