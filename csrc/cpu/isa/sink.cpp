@@ -3,6 +3,7 @@
 #include "cpu/isa/sink.h"
 
 #include "flashstream/sink/cpu.h"
+#include "flashstream/sink/cpu_append.h"
 
 #define FS_CAT_(a, b) a##b
 #define FS_CAT(a, b) FS_CAT_(a, b)
