@@ -40,7 +40,7 @@ def test_streaming_equals_offline(device, seed):
     Hkv, G = rng.choice([1, 2, 3]), rng.choice([1, 2, 3, 4])
     D = rng.choice([16, 64, 128])
     sink = rng.randint(0, 8)
-    window = rng.choice([1, 3, 8, 17, 64, 200])
+    window = rng.choice([1, 3, 8, 17, 64, 200, None])
     S = rng.choice([40, 97, 250])
     full = torch.tensor([[rng.random() < 0.3 for _ in range(Hkv)]])
     positions = rng.choice(["cache", "absolute", "none"])
@@ -54,6 +54,17 @@ def test_streaming_equals_offline(device, seed):
                                   full_heads=full[0].to(device))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert cache.lengths.tolist() == [S] * B
+
+
+def test_long_window_streaming_equals_offline(device):
+    # window 512 with a ring that wraps, chunks of 1 to more than the window, bf16 storage
+    rng = random.Random(9)
+    S, window = 1400, 512
+    cache = SinkCache(1, 1, 2, 64, sink=8, window=window, page_size=64, dtype=torch.bfloat16, device=device)
+    q, k, v = rand_qkv(1, S, 6, 2, 64, torch.bfloat16, device)
+    got = stream(cache, q, k, v, random_chunks(rng, S, window))
+    want = sink_attention_offline(q, k, v, sink=8, window=window)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("seed", range(4))
