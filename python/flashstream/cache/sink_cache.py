@@ -22,17 +22,18 @@ the kernels need no per-slot position array.
 
 **Where the bookkeeping lives.** ``lengths`` (int64 ``[num_layers, B]``, tokens each layer has
 seen per stream) is a device tensor read and advanced by the kernels; the ring head is
-``lengths`` itself (slot arithmetic above). A step therefore has fixed shapes, no host sync and no
-allocation besides its output, and can be captured in a CUDA graph and replayed. A host mirror of
-the lengths (shapes are known on the host) lets :meth:`step` reject a step that would overflow the
-pool *before* anything is written; it is not updated by graph replays, so a replayed graph must not
-run past ``max_tokens`` (the kernels still never write outside a page table).
+``lengths`` itself (slot arithmetic above). A step therefore has fixed shapes and no host sync;
+with ``step(..., out=buf)`` (``sink_attention_out``) it allocates nothing either, and can be
+captured in a CUDA graph and replayed. A host mirror of the lengths (shapes are known on the host)
+lets :meth:`step` reject a step that would overflow the pool *before* anything is written; it is
+not updated by graph replays, so a replayed graph must not run past ``max_tokens`` (the kernels
+still never write outside a page table).
 
-**Step.** ``step(layer, q, k, v)`` runs two ops: ``sink_attention`` (attention of the T queries
-over the cache as it was before the step plus the step's own k, v, under the visibility of the
-issue, rotary applied in-kernel) and then ``sink_cache_append`` (one fused kernel: raw sink
-tokens, the EMA-sink folds, the ring writes, ``lengths += T``). Attention first: a step's queries
-must see the tokens that this step's append evicts.
+**Step.** ``step(layer, q, k, v)`` runs two ops: ``sink_attention`` (or ``sink_attention_out``;
+attention of the T queries over the cache as it was before the step plus the step's own k, v,
+under the visibility of the issue, rotary applied in-kernel) and then ``sink_cache_append`` (one
+fused kernel: raw sink tokens, the EMA-sink folds, the ring writes, ``lengths += T``). Attention
+first: a step's queries must see the tokens that this step's append evicts.
 
 **EMA-sink order.** Within ``sink_cache_append`` for each (stream, head): (1) tokens of the step
 that are sinks are written raw; (2) every token p >= sink that leaves the window in this step, in
