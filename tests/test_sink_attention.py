@@ -194,3 +194,22 @@ def test_fuzz_against_reference(data):
     ref, ref_lse = sink_attention_reference(q, k, v, **kw)
     torch.testing.assert_close(out.double(), ref, rtol=3e-5, atol=3e-5)
     torch.testing.assert_close(lse.double(), ref_lse, rtol=3e-5, atol=3e-5)
+
+
+def test_bf16_paths_agree():
+    # bf16 inputs take bf16 dot products on AVX512-BF16 CPUs and fp32 FMAs elsewhere; both must
+    # sit within bf16 rounding of each other (and of the reference, checked above per ISA).
+    from flashstream import _C
+
+    q, k, v = rand_qkv(2, 130, 6, 2, 128, torch.bfloat16, "cpu")
+    before = _C.cpu_isa()
+    try:
+        outs = []
+        for isa in _C.available_cpu_isas().split(","):
+            _C.set_cpu_isa(isa)
+            outs.append(sink_attention_offline(q, k, v, sink=3, window=50, softcap=4.0).float())
+    finally:
+        _C.set_cpu_isa(before)
+    for o in outs[1:]:
+        torch.testing.assert_close(o, outs[0], rtol=2e-2, atol=2e-2)
+        assert (o - outs[0]).abs().mean() < 2e-3

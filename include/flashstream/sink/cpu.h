@@ -7,11 +7,13 @@
 // converted and rotated once for all of them. Keys are visited in blocks of kKeyBlock in two
 // frames (params.h): the sink tokens [0, max sv) and the window range [min lo, max hi); each
 // row masks the keys it may not see. A key block is stored transposed (Kt[d][j]) so that a row's
-// scores are D broadcast-FMAs over vectors of keys, with no horizontal sums.
+// scores are D broadcast-FMAs over vectors of keys, with no horizontal sums. bf16 inputs on CPUs
+// with AVX512-BF16 use bf16 dot products instead (cpu_bf16.h).
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "flashstream/common/simd.h"
 #include "flashstream/sink/args.h"
@@ -148,6 +150,51 @@ FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, 
 inline constexpr int kNV = kKeyBlock / kLanes;
 inline constexpr int kRowBlock = kLanes >= 16 ? 4 : 1;
 
+// Online-softmax bookkeeping of a row block after its scores s: masks, running max / sum, the
+// probabilities into sc[i * kKeyBlock + j] (exactly 0 outside a row's [jlo, jhi)), the rescale
+// factors corr, and the union [jmin, jmax) of the rows' visible keys.
+FS_INLINE void softmax_rows(vf (&s)[kRowBlock][kNV], const int64_t* jlo, const int64_t* jhi, int64_t r0, float cap,
+                            float* sc, float* m, float* l, float* corr, int64_t& jmin, int64_t& jmax) {
+  for (int i = 0; i < kRowBlock; ++i) {
+    corr[i] = 1.f;
+    float* sci = sc + i * kKeyBlock;
+    if (jlo[i] >= jhi[i]) {
+      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
+      continue;
+    }
+    const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+    vf mx = simd::splat(-INFINITY);
+    simd::vi in[kNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      vf x = s[i][v];
+      if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
+      simd::vi j = simd::vi{};
+      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+      in[v] = (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
+      x = simd::select(in[v], x, simd::splat(-INFINITY));
+      s[i][v] = x;
+      mx = simd::max(mx, x);
+    }
+    const int64_t r = r0 + i;
+    const float m_blk = hmax(mx);
+    const float m_new = m_blk > m[r] ? m_blk : m[r];
+    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first block (m = -inf)
+    vf psum = simd::splat(0.f);
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      // simd::exp clamps its input, so masked lanes would come out tiny, not 0: select 0.
+      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
+      psum += pv;
+      simd::store(sci + v * kLanes, pv);
+    }
+    l[r] = l[r] * corr[i] + hsum(psum);
+    m[r] = m_new;
+    jmin = jlo[i] < jmin ? jlo[i] : jmin;
+    jmax = jhi[i] > jmax ? jhi[i] : jmax;
+  }
+}
+
 // Online-softmax update of rows [r0, r0 + nr) with one key block (kt: transposed keys, vb: values).
 FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, int nb, int64_t D, int64_t Dp,
                           int64_t r0, int nr, const float* qf, const float* kt, const float* vb, float cap, float* sc,
@@ -193,44 +240,7 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
   // Softmax bookkeeping per row; probabilities outside a row's [jlo, jhi) are exactly 0.
   float corr[kRowBlock];
   int64_t jmin = kKeyBlock, jmax = 0;
-  for (int i = 0; i < kRowBlock; ++i) {
-    corr[i] = 1.f;
-    float* sci = sc + i * kKeyBlock;
-    if (jlo[i] >= jhi[i]) {
-      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
-      continue;
-    }
-    const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
-    vf mx = simd::splat(-INFINITY);
-    simd::vi in[kNV];
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      vf x = s[i][v];
-      if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
-      simd::vi j = simd::vi{};
-      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
-      in[v] = (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
-      x = simd::select(in[v], x, simd::splat(-INFINITY));
-      s[i][v] = x;
-      mx = simd::max(mx, x);
-    }
-    const int64_t r = r0 + i;
-    const float m_blk = hmax(mx);
-    const float m_new = m_blk > m[r] ? m_blk : m[r];
-    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first block (m = -inf)
-    vf psum = simd::splat(0.f);
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      // simd::exp clamps its input, so masked lanes would come out tiny, not 0: select 0.
-      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
-      psum += pv;
-      simd::store(sci + v * kLanes, pv);
-    }
-    l[r] = l[r] * corr[i] + hsum(psum);
-    m[r] = m_new;
-    jmin = jlo[i] < jmin ? jlo[i] : jmin;
-    jmax = jhi[i] > jmax ? jhi[i] : jmax;
-  }
+  softmax_rows(s, jlo, jhi, r0, cap, sc, m, l, corr, jmin, jmax);
   // acc = acc * corr + P V over the rows' union of keys, four vectors of head dims at a time.
   for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
     const int64_t left = (Dp - d0) / kLanes;
@@ -260,6 +270,14 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
         if (i < nr && u < nvd) simd::store(acc + (r0 + i) * Dp + d0 + u * kLanes, av[i][u]);
   }
 }
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::sink::cpu
+
+#include "flashstream/sink/cpu_bf16.h"  // the AVX512-BF16 row block (AVX-512 builds only)
+
+namespace flashstream::sink::cpu {
+inline namespace FLASHSTREAM_ISA {
 
 // One work item: stream b, kv head h, queries [t0, t1) of the step.
 template <typename T>
@@ -331,6 +349,18 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
     m[r] = -INFINITY;
     l[r] = 0.f;
   }
+#if defined(FS_SINK_HAS_BF16_PATH)
+  // bf16 scratch after the doubles: packed key / value pairs of a block, queries of both frames.
+  const bool bf16_dots = std::is_same_v<T, bf16_t> && has_avx512bf16();
+  uint32_t* kp = reinterpret_cast<uint32_t*>(dbl + 5 * half);  // [Dp / 2, kKeyBlock]
+  uint32_t* vp = kp + Dp / 2 * kKeyBlock;                       // [kKeyBlock / 2, Dp]
+  uint32_t* qsb = vp + kKeyBlock / 2 * Dp;                      // [rows, Dp / 2]
+  uint32_t* qwb = qsb + rows * (Dp / 2);
+  if (bf16_dots) {
+    pack_rows_bf16(qs, rows, Dp, qsb);
+    pack_rows_bf16(qw, rows, Dp, qwb);
+  }
+#endif
   std::memset(acc, 0, rows * Dp * sizeof(float));
 
   const T* knew = static_cast<const T*>(a.k);
@@ -373,6 +403,16 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
             rope_apply(a.rope_style, R.half, R.cs + j * half, R.sn + j * half, kr + (j0 + j) * Dp);
         }
       }
+#if defined(FS_SINK_HAS_BF16_PATH)
+      if (bf16_dots) {  // bf16 inputs on a CPU with AVX512-BF16: bf16 dot products, fp32 sums
+        pack_block_bf16(kr, vb, Dp, kp, vp);
+        const uint32_t* qfb = frame == 0 ? qsb : qwb;
+        for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+          block_rows_bf16(vis, G, frame, p0, nb, Dp, r0, rows - r0 < kRowBlock ? int(rows - r0) : kRowBlock, qfb, kp,
+                          vp, cap, sc, m, l, acc);
+        continue;
+      }
+#endif
       for (int j = 0; j < kKeyBlock; ++j)
         for (int64_t d = 0; d < D; ++d) kt[d * kKeyBlock + j] = kr[j * Dp + d];
       for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)

@@ -21,7 +21,8 @@ inline int64_t padded_dim(int64_t D) { return (D + 15) / 16 * 16; }
 inline int64_t attend_scratch_floats(int64_t D, int64_t g) {
   const int64_t Dp = padded_dim(D), rows = query_tile(g) * g, half = D / 2;
   return rows * Dp * 3 + rows * 2 + Dp * kKeyBlock * 2 + kKeyBlock * Dp + 4 * kKeyBlock + 2 * kRopeTable * half + Dp +
-         /* 5 double arrays + alignment */ 10 * half + 32;
+         /* 5 double arrays + alignment */ 10 * half + 32 +
+         /* bf16 path: packed keys, values, queries */ Dp * kKeyBlock + rows * Dp;
 }
 
 }  // namespace flashstream::sink::cpu
