@@ -27,19 +27,32 @@ FS_INLINE uint32_t bf16_pair(float lo, float hi) {
   return uint32_t(from_float<bf16_t>(lo).bits) | (uint32_t(from_float<bf16_t>(hi).bits) << 16);
 }
 
-// rows [n, Dp] fp32 -> [n, Dp / 2] pairs along the head dim.
-inline void pack_rows_bf16(const float* rows, int64_t n, int64_t Dp, uint32_t* out) {
+// 16 floats -> 16 bf16 (round to nearest even, as from_float) in the low halves of 32-bit lanes.
+FS_BF16_TARGET FS_INLINE __m512i bf16_lanes(const float* p) {
+  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
+}
+
+// rows [n, Dp] fp32 -> [n, Dp / 2] pairs along the head dim (a bf16 row read as 32-bit lanes).
+FS_BF16_TARGET inline void pack_rows_bf16(const float* rows, int64_t n, int64_t Dp, uint32_t* out) {
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t u = 0; u < Dp / 2; ++u) out[r * (Dp / 2) + u] = bf16_pair(rows[r * Dp + 2 * u], rows[r * Dp + 2 * u + 1]);
+    for (int64_t d = 0; d < Dp; d += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + r * (Dp / 2) + d / 2),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(rows + r * Dp + d)));
 }
 
 // A key block kr [kKeyBlock, Dp] -> kp [Dp / 2, kKeyBlock] (pairs along d: lane = key), and its
 // values vb [kKeyBlock, Dp] -> vp [kKeyBlock / 2, Dp] (pairs along keys: lane = head dim).
-inline void pack_block_bf16(const float* kr, const float* vb, int64_t Dp, uint32_t* kp, uint32_t* vp) {
-  for (int j = 0; j < kKeyBlock; ++j)
-    for (int64_t u = 0; u < Dp / 2; ++u) kp[u * kKeyBlock + j] = bf16_pair(kr[j * Dp + 2 * u], kr[j * Dp + 2 * u + 1]);
+FS_BF16_TARGET inline void pack_block_bf16(const float* kr, const float* vb, int64_t Dp, uint32_t* kp, uint32_t* vp) {
+  alignas(64) uint32_t row[128];  // Dp / 2 <= 128
+  for (int j = 0; j < kKeyBlock; ++j) {
+    pack_rows_bf16(kr + j * Dp, 1, Dp, row);
+    for (int64_t u = 0; u < Dp / 2; ++u) kp[u * kKeyBlock + j] = row[u];
+  }
   for (int w = 0; w < kKeyBlock / 2; ++w)
-    for (int64_t d = 0; d < Dp; ++d) vp[w * Dp + d] = bf16_pair(vb[2 * w * Dp + d], vb[(2 * w + 1) * Dp + d]);
+    for (int64_t d = 0; d < Dp; d += 16) {
+      const __m512i lo = bf16_lanes(vb + 2 * w * Dp + d), hi = bf16_lanes(vb + (2 * w + 1) * Dp + d);
+      _mm512_storeu_si512(vp + w * Dp + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
 }
 
 // block_rows (cpu.h) on packed bf16 operands; qfb: the frame's queries [rows, Dp / 2].
