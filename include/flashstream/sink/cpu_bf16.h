@@ -22,11 +22,6 @@ inline bool has_avx512bf16() {
   return ok;
 }
 
-// Two floats as one 32-bit lane of bf16 (lo in the low half), rounded to nearest even.
-FS_INLINE uint32_t bf16_pair(float lo, float hi) {
-  return uint32_t(from_float<bf16_t>(lo).bits) | (uint32_t(from_float<bf16_t>(hi).bits) << 16);
-}
-
 // 16 floats -> 16 bf16 (round to nearest even, as from_float) in the low halves of 32-bit lanes.
 FS_BF16_TARGET FS_INLINE __m512i bf16_lanes(const float* p) {
   return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
@@ -98,6 +93,9 @@ FS_BF16_TARGET inline void block_rows_bf16(const Visible* vis, int64_t G, int fr
   float corr[kRowBlock];
   int64_t jmin = kKeyBlock, jmax = 0;
   softmax_rows(s, jlo, jhi, r0, cap, sc, m, l, corr, jmin, jmax);
+  // The probabilities as bf16 pairs of consecutive keys (a bf16 row read as 32-bit lanes).
+  alignas(64) uint32_t scp[kRowBlock][kKeyBlock / 2];
+  for (int i = 0; i < kRowBlock; ++i) pack_rows_bf16(sc + i * kKeyBlock, 1, kKeyBlock, scp[i]);
   // acc = acc * corr + P V, key pairs [2w, 2w + 1] per dot product (sc is 0 outside each row's keys).
   for (int64_t d0 = 0; d0 < Dp; d0 += 64) {
     const int64_t left = (Dp - d0) / 16;
@@ -114,8 +112,7 @@ FS_BF16_TARGET inline void block_rows_bf16(const Visible* vis, int64_t G, int fr
       for (int q = 0; q < 4; ++q) vv[q] = q < nvd ? _mm512_loadu_si512(vp + w * Dp + d0 + q * 16) : _mm512_setzero_si512();
 #pragma GCC unroll 4
       for (int i = 0; i < kRowBlock; ++i) {
-        const float* sci = sc + i * kKeyBlock;
-        const __m512bh pp = (__m512bh)_mm512_set1_epi32(int(bf16_pair(sci[2 * w], sci[2 * w + 1])));
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(int(scp[i][w]));
 #pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) av[i][q] = (vf)_mm512_dpbf16_ps((__m512)av[i][q], (__m512bh)vv[q], pp);
       }
