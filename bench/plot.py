@@ -25,7 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 TIME_SERIES = [("fs_s", "flashstream"), ("fs_validate_s", "flashstream (validate=True)"),
-               ("fs_out_s", "flashstream (out=, preallocated)"), ("peer_s", "peer")]
+               ("fs_out_s", "flashstream (out=, preallocated)"), ("peer_s", "peer"),
+               # bench_sink_attention: flashstream and its three peers
+               ("flashstream_s", "flashstream"), ("streamingllm_s", "StreamingLLM reference"),
+               ("sdpa_gather_s", "SDPA over gathered keys"), ("flex_s", "FlexAttention")]
 BW_SERIES = [("fs_gbs", "flashstream"), ("fs_out_gbs", "flashstream (out=, preallocated)"),
              ("copy_gbs", "device copy (roofline)")]
 
@@ -36,6 +39,8 @@ def _label(r: dict) -> str:
         parts.append(f"2^{r['log2_n']}")
     elif "n" in r:
         parts.append(str(r["n"]))
+    if "T" in r:
+        parts.append(f"T={r['T']}")
     for k in ("levels_str", "dtype"):
         if k in r:
             parts.append(str(r[k]))

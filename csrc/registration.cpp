@@ -29,4 +29,22 @@ TORCH_LIBRARY(flashstream, m) {
   m.def("mod_scatter_(Tensor(a!) x, Tensor delta, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
   m.def("mod_scatter_output(Tensor x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> Tensor");
   m.def("mod_scatter_output_(Tensor(a!) x, Tensor y, Tensor indices, Tensor? weights=None, bool validate=True) -> ()");
+
+  // ---- K1: paged sink KV cache and streaming attention (python/flashstream/ops/sink.py) ----
+  // Attention of q over (an optional paged cache of one layer + the new k, v) under the sink /
+  // window / full-head visibility, with in-kernel rotary. No cache: offline attention over k, v.
+  // window = -1: keep every token; softcap = 0: none. Returns out [B,T,Hq,D] and lse [B,T,Hq] fp32.
+  m.def("sink_attention(Tensor q, Tensor k, Tensor v, Tensor? k_pool, Tensor? v_pool, Tensor? page_table, "
+        "Tensor? lengths, Tensor? full_heads, int sink, int window, str positions, float rope_theta, "
+        "str rope_style, str mask, int chunk_size, float scale, float softcap, Tensor? sink_logits) "
+        "-> (Tensor out, Tensor lse)");
+  // Into caller-owned out / lse (no allocation on a decode step's path); returns nothing.
+  m.def("sink_attention_out(Tensor q, Tensor k, Tensor v, Tensor? k_pool, Tensor? v_pool, Tensor? page_table, "
+        "Tensor? lengths, Tensor? full_heads, int sink, int window, str positions, float rope_theta, "
+        "str rope_style, str mask, int chunk_size, float scale, float softcap, Tensor? sink_logits, "
+        "Tensor(a!) out, Tensor(b!) lse) -> ()");
+  // Appends k, v [B,T,Hkv,D] to the pools through the page table: sink slots, window ring (evicting,
+  // with the EMA-sink fold when ema_alpha is given), every token of full heads; lengths += T.
+  m.def("sink_cache_append(Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, "
+        "Tensor(c!) lengths, Tensor? full_heads, int sink, int window, float? ema_alpha) -> ()");
 }

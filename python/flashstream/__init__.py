@@ -8,8 +8,8 @@ modules in :mod:`flashstream.nn`.
 import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.flashstream.*)
-from . import nn, ops
+from . import cache, nn, ops
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "__version__"]
+__all__ = ["ops", "nn", "cache", "__version__"]

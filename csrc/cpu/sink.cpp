@@ -1,0 +1,187 @@
+// Sink KV cache on CPU: argument checks (sink_args.h), the data checks only the CPU can afford
+// (page-table ranges, pool capacity), then the ISA-selected kernels over at::parallel_for.
+#include <memory>
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+#include "cpu/isa/sink.h"
+#include "flashstream/sink/cpu_tiles.h"
+#include "sink_args.h"
+
+namespace flashstream::cpu {
+namespace {
+
+const SinkCpuKernels& kernels() { FS_SELECT_ISA(sink_kernels) }
+
+void check_cpu(const char* op, const at::Tensor& t) {
+  FS_CHECK_VALUE(t.device().is_cpu(), op, "q must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+// Page-table entries in [0, pages) and lengths >= 0; returns the largest length.
+int64_t check_cache_values(const char* op, const at::Tensor& k_pool, const at::Tensor& page_table,
+                           const at::Tensor& lengths) {
+  const int64_t pages = k_pool.size(0);
+  const int32_t* pt = page_table.const_data_ptr<int32_t>();
+  for (int64_t i = 0; i < page_table.numel(); ++i)
+    FS_CHECK_VALUE(pt[i] >= 0 && pt[i] < pages, op, "page_table entries must be in [0, ", pages, "), got ", pt[i]);
+  int64_t n_max = 0;
+  const int64_t* len = lengths.const_data_ptr<int64_t>();
+  for (int64_t b = 0; b < lengths.numel(); ++b) {
+    FS_CHECK_VALUE(len[b] >= 0, op, "lengths must be >= 0, got ", len[b], " for stream ", b);
+    n_max = len[b] > n_max ? len[b] : n_max;
+  }
+  return n_max;
+}
+
+// Slots a (stream, head) of `tokens` tokens occupies, against what its page table holds.
+void check_capacity(const char* op, const sink::Geometry& g, bool any_full, int64_t tokens, int64_t capacity) {
+  const bool ring = g.window != sink::kNoWindow;
+  const int64_t streaming = ring ? (tokens < g.sink + g.window ? tokens : g.sink + g.window) : tokens;
+  FS_CHECK_VALUE(streaming <= capacity, op, "pool exhausted: a stream needs ", streaming,
+                 " slots but its page table holds ", capacity, " (pages_per_head * page_size)");
+  FS_CHECK_VALUE(!any_full || tokens <= capacity, op, "pool exhausted: a full head needs ", tokens,
+                 " slots but its page table holds ", capacity, " (pages_per_head * page_size); raise max_tokens");
+}
+
+// Attention into out / lse (allocated by the functional op, or the caller's for sink_attention_out).
+void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                 const std::optional<at::Tensor>& k_pool, const std::optional<at::Tensor>& v_pool,
+                 const std::optional<at::Tensor>& page_table, const std::optional<at::Tensor>& lengths,
+                 const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
+                 c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+                 int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits,
+                 at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
+  check_sink_qkv(op, q, k, v);
+  check_cpu(op, q);
+  sink::AttnArgs a;
+  a.positions = sink_positions(op, positions);
+  a.rope_style = sink_rope_style(op, rope_style);
+  a.g = sink_geometry(op, sink_len, window, sink_mask(op, mask), chunk_size);
+  FS_CHECK_VALUE(rope_theta > 0.0, op, "rope_theta must be > 0, got ", rope_theta);
+  FS_CHECK_VALUE(softcap >= 0.0, op, "softcap must be >= 0 (0: none), got ", softcap);
+  check_sink_logits(op, q, sink_logits);
+  const int n_cache = int(k_pool.has_value()) + int(v_pool.has_value()) + int(page_table.has_value()) + int(lengths.has_value());
+  FS_CHECK_VALUE(n_cache == 0 || n_cache == 4, op, "k_pool, v_pool, page_table and lengths come together or not at all");
+  if (full_heads.has_value()) {
+    check_dtype(op, "full_heads", *full_heads, at::kBool);
+    check_shape(op, "full_heads", *full_heads, {k.size(2)}, "[Hkv]");
+    check_same_device(op, "full_heads", *full_heads, q, "q");
+    check_contiguous(op, "full_heads", *full_heads);
+  }
+  a.B = q.size(0); a.T = q.size(1); a.Hq = q.size(2); a.Hkv = k.size(2); a.D = q.size(3);
+  if (n_cache == 4) {
+    check_sink_cache(op, k, *k_pool, *v_pool, *page_table, *lengths, full_heads);
+    const int64_t n_max = check_cache_values(op, *k_pool, *page_table, *lengths);
+    a.page_size = k_pool->size(1);
+    a.pages_per_head = page_table->size(2);
+    a.pool_pages = k_pool->size(0);
+    const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
+    check_capacity(op, a.g, any_full, n_max, a.page_size * a.pages_per_head);
+    a.k_pool = k_pool->const_data_ptr();
+    a.v_pool = v_pool->const_data_ptr();
+    a.page_table = page_table->const_data_ptr<int32_t>();
+    a.lengths = lengths->const_data_ptr<int64_t>();
+  }
+  a.rope_theta = rope_theta;
+  a.scale = float(scale);
+  a.softcap = float(softcap);
+  a.q = q.const_data_ptr();
+  a.k = k.const_data_ptr();
+  a.v = v.const_data_ptr();
+  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
+  if (sink_logits.has_value()) a.sink_logits = sink_logits->const_data_ptr<float>();
+  if (caller_outputs) check_sink_outputs(op, q, k, v, out, lse);
+  a.out = out.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr<float>();
+  if (q.numel() == 0) return;
+  const int64_t G = a.Hq / a.Hkv, tile = sink::cpu::query_tile(G);
+  const int64_t items = a.B * a.Hkv * ((a.T + tile - 1) / tile);
+  const int64_t scratch_floats = sink::cpu::attend_scratch_floats(a.D, G);
+  const auto& kern = kernels();
+  const DType dt = sink_dtype_of(q);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> scratch(new float[scratch_floats]);
+    kern.attend(dt, a, begin, end, scratch.get());
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits) {
+  check_sink_qkv("sink_attention", q, k, v);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));
+  attend_into("sink_attention", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window, positions,
+              rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, false);
+  return {out, lse};
+}
+
+void sink_attention_out_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const std::optional<at::Tensor>& k_pool,
+    const std::optional<at::Tensor>& v_pool, const std::optional<at::Tensor>& page_table,
+    const std::optional<at::Tensor>& lengths, const std::optional<at::Tensor>& full_heads, int64_t sink_len,
+    int64_t window, c10::string_view positions, double rope_theta, c10::string_view rope_style, c10::string_view mask,
+    int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits, at::Tensor& out,
+    at::Tensor& lse) {
+  attend_into("sink_attention_out", q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window,
+              positions, rope_theta, rope_style, mask, chunk_size, scale, softcap, sink_logits, out, lse, true);
+}
+
+void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor& k_pool, at::Tensor& v_pool,
+                           const at::Tensor& page_table, at::Tensor& lengths,
+                           const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
+                           std::optional<double> ema_alpha) {
+  const char* op = "sink_cache_append";
+  check_sink_qkv(op, k, k, v);
+  check_cpu(op, k);
+  check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
+  sink::AppendArgs a;
+  a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);
+  if (ema_alpha.has_value()) {
+    FS_CHECK_VALUE(*ema_alpha >= 0.0 && *ema_alpha <= 1.0, op, "ema_alpha must be in [0, 1], got ", *ema_alpha);
+    FS_CHECK_VALUE(sink_len > 0, op, "ema_alpha needs sink > 0 (the EMA folds evicted tokens into sink slots)");
+    a.ema = true;
+    a.ema_alpha = float(*ema_alpha);
+  }
+  a.B = k.size(0); a.T = k.size(1); a.Hkv = k.size(2); a.D = k.size(3);
+  a.page_size = k_pool.size(1);
+  a.pages_per_head = page_table.size(2);
+  a.pool_pages = k_pool.size(0);
+  const int64_t n_max = check_cache_values(op, k_pool, page_table, lengths);
+  const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
+  check_capacity(op, a.g, any_full, n_max + a.T, a.page_size * a.pages_per_head);
+  if (a.T == 0) return;
+  a.k = k.const_data_ptr();
+  a.v = v.const_data_ptr();
+  a.k_pool = k_pool.mutable_data_ptr();
+  a.v_pool = v_pool.mutable_data_ptr();
+  a.page_table = page_table.const_data_ptr<int32_t>();
+  a.lengths = lengths.mutable_data_ptr<int64_t>();
+  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
+  const auto& kern = kernels();
+  const DType dt = sink_dtype_of(k);
+  at::parallel_for(0, a.B * a.Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<float[]> tmp(new float[a.D]);
+    kern.append(dt, a, begin, end, tmp.get());
+  });
+  int64_t* len = lengths.mutable_data_ptr<int64_t>();
+  for (int64_t b = 0; b < a.B; ++b) len[b] += a.T;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(flashstream, CPU, m) {
+  m.impl("sink_attention", &sink_attention_cpu);
+  m.impl("sink_attention_out", &sink_attention_out_cpu);
+  m.impl("sink_cache_append", &sink_cache_append_cpu);
+}
+
+}  // namespace flashstream::cpu

@@ -1,0 +1,457 @@
+// Sink KV cache, CPU attention kernel: attention over (paged cache + new tokens) with in-kernel
+// rotary and an online softmax (the append is in cpu_append.h). Torch-free; host only; compiled
+// once per ISA (see common/simd.h for why everything sits in the inline ISA namespace).
+//
+// Attention work item = (stream b, kv head h, tile of consecutive queries). Its rows are the
+// tile's queries times the G = Hq/Hkv query heads sharing h (GQA), so each key block is loaded,
+// converted and rotated once for all of them. Keys are visited in blocks of kKeyBlock in two
+// frames (params.h): the sink tokens [0, max sv) and the window range [min lo, max hi); each
+// row masks the keys it may not see. A key block is stored transposed (Kt[d][j]) so that a row's
+// scores are D broadcast-FMAs over vectors of keys, with no horizontal sums. bf16 inputs on CPUs
+// with AVX512-BF16 use bf16 dot products instead (cpu_bf16.h).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "flashstream/common/simd.h"
+#include "flashstream/sink/args.h"
+#include "flashstream/sink/cpu_tiles.h"
+
+namespace flashstream::sink::cpu {
+
+inline namespace FLASHSTREAM_ISA {
+
+using simd::vf;
+using simd::kLanes;
+
+// One broadcast instruction from memory (splat(x) costs a scalar add and a shuffle).
+FS_INLINE vf bcast(const float* p) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_set1_ps(*p);
+#elif defined(__AVX2__)
+  return (vf)_mm256_broadcast_ss(p);
+#else
+  return simd::splat(*p);
+#endif
+}
+
+FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
+FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
+
+template <typename T>
+FS_INLINE void load_row_f(const T* src, int64_t D, float* dst) {
+  if (D % kLanes == 0) {
+    for (int64_t d = 0; d < D; d += kLanes) simd::store(dst + d, simd::load(src + d));
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = to_float(src[d]);
+  }
+}
+
+template <typename T>
+FS_INLINE void store_row_f(const float* src, int64_t D, T* dst) {
+  if (D % kLanes == 0) {
+    for (int64_t d = 0; d < D; d += kLanes) simd::store(dst + d, simd::load(src + d));
+  } else {
+    for (int64_t d = 0; d < D; ++d) dst[d] = from_float<T>(src[d]);
+  }
+}
+
+// cos / sin of (P0 + j) * inv_freq[f] for j < count, f < half, into cs[j * half + f], sn[...].
+// Seeded exactly in double at P0 (any size: absolute positions of long streams), then advanced by
+// the double angle-addition recurrence (error ~count * 1e-16), rounded once to float.
+// With `resume`, (c, s) already hold the angles of P0 (left there by the previous call, which
+// ended at P0): consecutive key blocks then share one seed per frame.
+inline void rope_table(int64_t P0, int count, int half, const double* inv_freq, const double* step_c,
+                       const double* step_s, double* c, double* s, float* cs, float* sn, bool resume = false) {
+  for (int f = 0; f < half && !resume; ++f) {
+    const double a = double(P0) * inv_freq[f];
+    c[f] = std::cos(a);
+    s[f] = std::sin(a);
+  }
+  for (int j = 0; j < count; ++j) {
+    float* cj = cs + j * half;
+    float* sj = sn + j * half;
+    for (int f = 0; f < half; ++f) {
+      cj[f] = float(c[f]);
+      sj[f] = float(s[f]);
+      const double nc = c[f] * step_c[f] - s[f] * step_s[f];
+      const double ns = s[f] * step_c[f] + c[f] * step_s[f];
+      c[f] = nc;
+      s[f] = ns;
+    }
+  }
+}
+
+// x (float, D) rotated in place by the table row (cs, sn).
+FS_INLINE void rope_apply(RopeStyle style, int half, const float* cs, const float* sn, float* x) {
+  if (style == RopeStyle::half) {
+    float* x1 = x;
+    float* x2 = x + half;
+    for (int f = 0; f < half; ++f) {
+      const float a = x1[f], b = x2[f];
+      x1[f] = a * cs[f] - b * sn[f];
+      x2[f] = b * cs[f] + a * sn[f];
+    }
+  } else {
+    for (int f = 0; f < half; ++f) {
+      const float a = x[2 * f], b = x[2 * f + 1];
+      x[2 * f] = a * cs[f] - b * sn[f];
+      x[2 * f + 1] = b * cs[f] + a * sn[f];
+    }
+  }
+}
+
+// Per-work-item context, carved out of the caller's scratch.
+struct Rope {
+  int half;
+  const double* inv_freq;
+  const double* step_c;
+  const double* step_s;
+  double* c;
+  double* s;
+  float* cs;
+  float* sn;
+};
+
+// Rotates `count` rows (stride Dp) at positions pos[r] (r < count); positions that fall in a
+// window of kRopeTable share one table, others get their own seed.
+inline void rope_rows(const Rope& R, RopeStyle style, const int64_t* pos, int64_t count, int64_t Dp, float* rows) {
+  int64_t r = 0;
+  while (r < count) {
+    int64_t lo = pos[r], hi = pos[r];
+    int64_t e = r;
+    while (e < count) {
+      const int64_t nlo = pos[e] < lo ? pos[e] : lo, nhi = pos[e] > hi ? pos[e] : hi;
+      if (nhi - nlo >= kRopeTable) break;
+      lo = nlo;
+      hi = nhi;
+      ++e;
+    }
+    rope_table(lo, int(hi - lo + 1), R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn);
+    for (int64_t k = r; k < e; ++k)
+      rope_apply(style, R.half, R.cs + (pos[k] - lo) * R.half, R.sn + (pos[k] - lo) * R.half, rows + k * Dp);
+    r = e;
+  }
+}
+
+template <typename T>
+FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, int64_t b, int64_t h, int64_t n,
+                           bool full, int64_t p) {
+  if (p >= n) return base_new + ((b * a.T + (p - n)) * a.Hkv + h) * a.D;
+  const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.pool_pages, a.D, b, h, a.Hkv,
+                                  slot_of(a.g, p, full));
+  return pool + off;
+}
+
+// Rows per register block: they share every key / value vector load. kKeyBlock / kLanes score
+// vectors per row stay in registers: 4 rows x 4 zmm on AVX-512; one row elsewhere.
+inline constexpr int kNV = kKeyBlock / kLanes;
+inline constexpr int kRowBlock = kLanes >= 16 ? 4 : 1;
+
+// Online-softmax bookkeeping of a row block after its scores s: masks, running max / sum, the
+// probabilities into sc[i * kKeyBlock + j] (exactly 0 outside a row's [jlo, jhi)), the rescale
+// factors corr, and the union [jmin, jmax) of the rows' visible keys.
+FS_INLINE void softmax_rows(vf (&s)[kRowBlock][kNV], const int64_t* jlo, const int64_t* jhi, int64_t r0, float cap,
+                            float* sc, float* m, float* l, float* corr, int64_t& jmin, int64_t& jmax) {
+  for (int i = 0; i < kRowBlock; ++i) {
+    corr[i] = 1.f;
+    float* sci = sc + i * kKeyBlock;
+    if (jlo[i] >= jhi[i]) {
+      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
+      continue;
+    }
+    const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+    vf mx = simd::splat(-INFINITY);
+    simd::vi in[kNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      vf x = s[i][v];
+      if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
+      simd::vi j = simd::vi{};
+      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+      in[v] = (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
+      x = simd::select(in[v], x, simd::splat(-INFINITY));
+      s[i][v] = x;
+      mx = simd::max(mx, x);
+    }
+    const int64_t r = r0 + i;
+    const float m_blk = hmax(mx);
+    const float m_new = m_blk > m[r] ? m_blk : m[r];
+    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first block (m = -inf)
+    vf psum = simd::splat(0.f);
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) {
+      // simd::exp clamps its input, so masked lanes would come out tiny, not 0: select 0.
+      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
+      psum += pv;
+      simd::store(sci + v * kLanes, pv);
+    }
+    l[r] = l[r] * corr[i] + hsum(psum);
+    m[r] = m_new;
+    jmin = jlo[i] < jmin ? jlo[i] : jmin;
+    jmax = jhi[i] > jmax ? jhi[i] : jmax;
+  }
+}
+
+// Online-softmax update of rows [r0, r0 + nr) with one key block (kt: transposed keys, vb: values).
+FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, int nb, int64_t D, int64_t Dp,
+                          int64_t r0, int nr, const float* qf, const float* kt, const float* vb, float cap, float* sc,
+                          float* m, float* l, float* acc, const float* zero_row) {
+  int64_t jlo[kRowBlock], jhi[kRowBlock];
+  const float* qr[kRowBlock];
+  bool any = false;
+  for (int i = 0; i < kRowBlock; ++i) {
+    jlo[i] = 0;
+    jhi[i] = 0;
+    qr[i] = zero_row;  // inactive rows score a row of zeros, and are then ignored
+    if (i >= nr) continue;
+    const Visible& vi = vis[(r0 + i) / G];
+    int64_t lo = frame == 0 ? 0 : vi.lo - p0, hi = frame == 0 ? vi.sv - p0 : vi.hi - p0;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > nb ? nb : hi;
+    if (lo < hi) {
+      jlo[i] = lo;
+      jhi[i] = hi;
+      qr[i] = qf + (r0 + i) * Dp;
+      any = true;
+    }
+  }
+  if (!any) return;
+  // Scores: D broadcast-FMAs over the block's key vectors, kRowBlock rows at once.
+  vf s[kRowBlock][kNV];
+#pragma GCC unroll 4
+  for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) s[i][v] = simd::splat(0.f);
+  for (int64_t d = 0; d < D; ++d) {
+    const float* kd = kt + d * kKeyBlock;
+    vf kv[kNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kd + v * kLanes);
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i) {
+      const vf qd = bcast(qr[i] + d);
+#pragma GCC unroll 16
+      for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
+    }
+  }
+  // Softmax bookkeeping per row; probabilities outside a row's [jlo, jhi) are exactly 0.
+  float corr[kRowBlock];
+  int64_t jmin = kKeyBlock, jmax = 0;
+  softmax_rows(s, jlo, jhi, r0, cap, sc, m, l, corr, jmin, jmax);
+  // acc = acc * corr + P V over the rows' union of keys, four vectors of head dims at a time.
+  for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
+    const int64_t left = (Dp - d0) / kLanes;
+    const int nvd = int(left < 4 ? left : 4);
+    vf av[kRowBlock][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + (r0 + i) * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
+    for (int64_t j = jmin; j < jmax; ++j) {
+      const float* vj = vb + j * Dp + d0;
+      vf vv[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
+#pragma GCC unroll 4
+      for (int i = 0; i < kRowBlock; ++i) {
+        const vf pj = bcast(sc + i * kKeyBlock + j);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < kRowBlock; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        if (i < nr && u < nvd) simd::store(acc + (r0 + i) * Dp + d0 + u * kLanes, av[i][u]);
+  }
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::sink::cpu
+
+#include "flashstream/sink/cpu_bf16.h"  // the AVX512-BF16 row block (AVX-512 builds only)
+
+namespace flashstream::sink::cpu {
+inline namespace FLASHSTREAM_ISA {
+
+// One work item: stream b, kv head h, queries [t0, t1) of the step.
+template <typename T>
+void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* scratch) {
+  const int64_t D = a.D, Dp = padded_dim(D), G = a.Hq / a.Hkv, half = D / 2;
+  const int64_t nq = t1 - t0, rows = nq * G;
+  const int64_t n = a.lengths != nullptr ? a.lengths[b] : 0;
+  const bool full = a.full_heads != nullptr && a.full_heads[h];
+  const bool rotary = a.positions != Positions::none;
+
+  float* qs = scratch;                 // [rows, Dp] queries in the sink frame (scaled)
+  float* qw = qs + rows * Dp;          // [rows, Dp] queries in the window frame (scaled)
+  float* acc = qw + rows * Dp;         // [rows, Dp]
+  float* m = acc + rows * Dp;          // [rows]
+  float* l = m + rows;                 // [rows]
+  float* kt = l + rows;                // [Dp, kKeyBlock] keys of a block, transposed
+  float* kr = kt + Dp * kKeyBlock;     // [kKeyBlock, Dp] keys of a block, rotated rows
+  float* vb = kr + Dp * kKeyBlock;     // [kKeyBlock, Dp]
+  float* sc = vb + kKeyBlock * Dp;     // [kRowBlock, kKeyBlock] probabilities
+  float* cs = sc + 4 * kKeyBlock;      // rope tables [kRopeTable, half] x 2
+  float* sn = cs + kRopeTable * half;
+  float* zero_row = sn + kRopeTable * half;  // [Dp] zeros
+  std::memset(zero_row, 0, Dp * sizeof(float));
+  double* dbl = reinterpret_cast<double*>(((reinterpret_cast<uintptr_t>(zero_row + Dp)) + 63) & ~uintptr_t(63));
+  Rope R{int(half), dbl, dbl + half, dbl + 2 * half, dbl + 3 * half, dbl + 4 * half, cs, sn};
+  if (rotary) {
+    double* inv = dbl;
+    for (int64_t f = 0; f < half; ++f) {
+      inv[f] = std::pow(a.rope_theta, -2.0 * double(f) / double(D));
+      dbl[half + f] = std::cos(inv[f]);
+      dbl[2 * half + f] = std::sin(inv[f]);
+    }
+  }
+
+  // Visibility per query, and the tile's key ranges in each frame.
+  Visible vis[kMaxQueryTile];
+  int64_t sink_end = 0, win_lo = INT64_MAX, win_hi = 0;
+  for (int64_t t = 0; t < nq; ++t) {
+    vis[t] = visible(a.g, n, a.T, n + t0 + t, full);
+    sink_end = vis[t].sv > sink_end ? vis[t].sv : sink_end;
+    if (vis[t].lo < vis[t].hi) {
+      win_lo = vis[t].lo < win_lo ? vis[t].lo : win_lo;
+      win_hi = vis[t].hi > win_hi ? vis[t].hi : win_hi;
+    }
+  }
+  const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
+
+  // Queries: load, scale, rotate into both frames.
+  const T* q = static_cast<const T*>(a.q);
+  int64_t pos_s[kMaxRows], pos_w[kMaxRows];
+  for (int64_t t = 0; t < nq; ++t) {
+    const int64_t i = n + t0 + t;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = t * G + g;
+      float* row = qs + r * Dp;
+      std::memset(row, 0, Dp * sizeof(float));
+      load_row_f(q + ((b * a.T + t0 + t) * a.Hq + h * G + g) * D, D, row);
+      for (int64_t d = 0; d < D; ++d) row[d] *= a.scale;
+      std::memcpy(qw + r * Dp, row, Dp * sizeof(float));
+      pos_s[r] = query_pos_sink_frame(a.positions, vis[t], i);
+      pos_w[r] = query_pos_window_frame(a.positions, vis[t], i, base);
+    }
+  }
+  if (rotary) {
+    rope_rows(R, a.rope_style, pos_s, rows, Dp, qs);
+    rope_rows(R, a.rope_style, pos_w, rows, Dp, qw);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+  }
+#if defined(FS_SINK_HAS_BF16_PATH)
+  // bf16 scratch after the doubles: packed key / value pairs of a block, queries of both frames.
+  const bool bf16_dots = std::is_same_v<T, bf16_t> && has_avx512bf16();
+  uint32_t* kp = reinterpret_cast<uint32_t*>(dbl + 5 * half);  // [Dp / 2, kKeyBlock]
+  uint32_t* vp = kp + Dp / 2 * kKeyBlock;                       // [kKeyBlock / 2, Dp]
+  uint32_t* qsb = vp + kKeyBlock / 2 * Dp;                      // [rows, Dp / 2]
+  uint32_t* qwb = qsb + rows * (Dp / 2);
+  if (bf16_dots) {
+    pack_rows_bf16(qs, rows, Dp, qsb);
+    pack_rows_bf16(qw, rows, Dp, qwb);
+  }
+#endif
+  std::memset(acc, 0, rows * Dp * sizeof(float));
+
+  const T* knew = static_cast<const T*>(a.k);
+  const T* vnew = static_cast<const T*>(a.v);
+  const T* kpool = static_cast<const T*>(a.k_pool);
+  const T* vpool = static_cast<const T*>(a.v_pool);
+  const float cap = a.softcap;
+
+  // frame 0: sink keys [0, sink_end) at positions p; frame 1: window keys [win_lo, win_hi) at p - base.
+  for (int frame = 0; frame < 2; ++frame) {
+    const int64_t k_begin = frame == 0 ? 0 : base;
+    const int64_t k_end = frame == 0 ? sink_end : (win_lo == INT64_MAX ? base : win_hi);
+    const float* qf = frame == 0 ? qs : qw;
+    int64_t rope_next = INT64_MIN;  // the position the rotary recurrence has reached
+    for (int64_t p0 = k_begin; p0 < k_end; p0 += kKeyBlock) {
+      const int nb = int(k_end - p0 < kKeyBlock ? k_end - p0 : kKeyBlock);
+      // Load (and rotate) the block; lanes past nb stay zero so they add nothing.
+      if (nb < kKeyBlock) {  // lanes past nb must be zeros (finite), so they add nothing
+        std::memset(kr + nb * Dp, 0, (kKeyBlock - nb) * Dp * sizeof(float));
+        std::memset(vb + nb * Dp, 0, (kKeyBlock - nb) * Dp * sizeof(float));
+      }
+      if (Dp != D)
+        for (int j = 0; j < nb; ++j) {
+          std::memset(kr + j * Dp + D, 0, (Dp - D) * sizeof(float));
+          std::memset(vb + j * Dp + D, 0, (Dp - D) * sizeof(float));
+        }
+      for (int j = 0; j < nb; ++j) {
+        const int64_t p = p0 + j;
+        load_row_f(key_row(a, knew, kpool, b, h, n, full, p), D, kr + j * Dp);
+        load_row_f(key_row(a, vnew, vpool, b, h, n, full, p), D, vb + j * Dp);
+      }
+      if (rotary) {
+        const int64_t P0 = frame == 0 ? p0 : p0 - base;
+        for (int j0 = 0; j0 < nb; j0 += kRopeTable) {
+          const int cnt = nb - j0 < kRopeTable ? nb - j0 : kRopeTable;
+          rope_table(P0 + j0, cnt, R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn,
+                     P0 + j0 == rope_next);
+          rope_next = P0 + j0 + cnt;
+          for (int j = 0; j < cnt; ++j)
+            rope_apply(a.rope_style, R.half, R.cs + j * half, R.sn + j * half, kr + (j0 + j) * Dp);
+        }
+      }
+#if defined(FS_SINK_HAS_BF16_PATH)
+      if (bf16_dots) {  // bf16 inputs on a CPU with AVX512-BF16: bf16 dot products, fp32 sums
+        pack_block_bf16(kr, vb, Dp, kp, vp);
+        const uint32_t* qfb = frame == 0 ? qsb : qwb;
+        for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+          block_rows_bf16(vis, G, frame, p0, nb, Dp, r0, rows - r0 < kRowBlock ? int(rows - r0) : kRowBlock, qfb, kp,
+                          vp, cap, sc, m, l, acc);
+        continue;
+      }
+#endif
+      for (int j = 0; j < kKeyBlock; ++j)
+        for (int64_t d = 0; d < D; ++d) kt[d * kKeyBlock + j] = kr[j * Dp + d];
+      for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
+        block_rows(vis, G, frame, p0, nb, D, Dp, r0, rows - r0 < kRowBlock ? int(rows - r0) : kRowBlock, qf, kt, vb,
+                   cap, sc, m, l, acc, zero_row);
+    }
+  }
+
+  // Finish: optional sink logit in the denominator, normalise, write out and lse.
+  T* out = static_cast<T*>(a.out);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / G, hq = h * G + r % G;
+    float mr = m[r], lr = l[r];
+    float* ar = acc + r * Dp;
+    if (a.sink_logits != nullptr) {
+      const float sl = a.sink_logits[hq];
+      const float m2 = sl > mr ? sl : mr;
+      const float c = std::exp(mr - m2);
+      lr = lr * c + std::exp(sl - m2);
+      for (int64_t d = 0; d < D; ++d) ar[d] *= c;
+      mr = m2;
+    }
+    const float inv = 1.f / lr;
+    for (int64_t d = 0; d < Dp; ++d) ar[d] *= inv;
+    store_row_f(ar, D, out + ((b * a.T + t) * a.Hq + hq) * D);
+    if (a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = mr + std::log(lr);
+  }
+}
+
+// Work items [begin, end) of B * Hkv * ceil(T / tile).
+template <typename T>
+void attend(const AttnArgs& a, int64_t begin, int64_t end, float* scratch) {
+  const int64_t G = a.Hq / a.Hkv, tile = query_tile(G), tiles = (a.T + tile - 1) / tile;
+  for (int64_t w = begin; w < end; ++w) {
+    const int64_t tt = w % tiles, bh = w / tiles;
+    const int64_t t0 = tt * tile, t1 = t0 + tile < a.T ? t0 + tile : a.T;
+    attend_item<T>(a, bh / a.Hkv, bh % a.Hkv, t0, t1, scratch);
+  }
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::sink::cpu
