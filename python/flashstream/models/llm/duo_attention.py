@@ -117,3 +117,39 @@ def identify_retrieval_heads(model: LlamaDecoder, batches, *, sink: int, window:
         with torch.no_grad():
             gates.clamp_(0.0, 1.0)
     return gates.detach()
+
+
+def main(argv=None) -> int:
+    """Identifies SmolLM2's retrieval heads on passkey text, small scale, on CPU."""
+    import argparse
+    import time
+
+    from .passkey import passkey_batch
+    parser = argparse.ArgumentParser(prog="python -m flashstream.models.llm.duo_attention", description=main.__doc__)
+    parser.add_argument("--fillers", type=int, default=8, help="filler paragraphs per sample (~21 tokens each)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sink", type=int, default=16)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--l1", type=float, default=0.05)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    model, tok = LlamaDecoder.from_gguf()
+    data = [passkey_batch(tok.encode, args.batch, args.fillers, seed=s, bos=tok.bos_token_id) for s in range(args.batches)]
+    answer = data[0][1]
+    print(f"passkey samples of {data[0][0].shape[1]} tokens; sink {args.sink}, window {args.window}")
+    start = time.perf_counter()
+    gates = identify_retrieval_heads(model, [ids for ids, _ in data], sink=args.sink, window=args.window,
+                                     steps=args.steps, lr=args.lr, l1=args.l1, positions=answer)
+    full = gates > args.threshold
+    print(f"{args.steps} steps in {time.perf_counter() - start:.0f} s; gates (layer x kv head):")
+    for layer, row in enumerate(gates.tolist()):
+        print(f"  {layer:2d}  " + " ".join(f"{g:.2f}" for g in row))
+    print(f"retrieval heads (gate > {args.threshold}): {int(full.sum())} of {full.numel()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
