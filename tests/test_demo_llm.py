@@ -56,7 +56,7 @@ def test_demo_on_pride_and_prejudice(tmp_path, capsys):
     add_arguments(parser)
     out, png = tmp_path / "demo.json", tmp_path / "kv.png"
     args = parser.parse_args(["--tokens", "320", "--sink", "4", "--window", "60", "--chunk", "48",
-                              "--device", "cpu", "--json", str(out), "--png", str(png)])
+                              "--device", "cpu", "--threads", "1", "--json", str(out), "--png", str(png)])
     assert run(args) == 0
     data = json.loads(out.read_text())
     assert (data["tokens"], data["sink"], data["window"]) == (320, 4, 60)
