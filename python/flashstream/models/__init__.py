@@ -1,0 +1,1 @@
+"""Model definitions, one file per paper, grouped by family (see DESIGN.md)."""

@@ -1,0 +1,7 @@
+"""Family A (LLM KV-cache streaming): a Llama-style backbone over SinkCache, one file per paper."""
+
+from .duo_attention import DuoAttention
+from .llama import LlamaConfig, LlamaDecoder, RMSNorm
+from .streaming_llm import StreamingLLM
+
+__all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM"]
