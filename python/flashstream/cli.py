@@ -1,4 +1,5 @@
-"""The ``flashstream`` command: ``info`` (build and kernel report) and ``demo``."""
+"""The ``flashstream`` command: ``info`` (build and kernel report), ``demo`` (the LLM streaming demo)
+and ``demo-fsq`` (FSQ on video frames)."""
 
 from __future__ import annotations
 
@@ -40,16 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flashstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, built archs and which ops have CPU/CUDA kernels")
-    demo = sub.add_parser("demo", help="FSQ round trip on real video frames")
-    from flashstream.demo import add_arguments
+    from flashstream import demo as fsq_demo
+    from flashstream import demo_llm
 
-    add_arguments(demo)
+    demo_llm.add_arguments(sub.add_parser(
+        "demo", help="SmolLM2 streams a novel under full, window-only and sinks+window caches"))
+    fsq_demo.add_arguments(sub.add_parser("demo-fsq", help="FSQ round trip on real video frames"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
-    from flashstream.demo import run
-
-    return run(args)
+    if args.command == "demo":
+        return demo_llm.run(args)
+    return fsq_demo.run(args)
 
 
 if __name__ == "__main__":
