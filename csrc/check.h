@@ -37,6 +37,14 @@ inline void check_same_device(const char* op, const char* arg, const at::Tensor&
                  ref.device(), "), got ", t.device());
 }
 
+inline void check_cpu(const char* op, const char* arg, const at::Tensor& t) {
+  FS_CHECK_VALUE(t.device().is_cpu(), op, arg, " must be a CPU tensor for the CPU kernel, got ", t.device());
+}
+
+inline void check_cuda(const char* op, const char* arg, const at::Tensor& t) {
+  FS_CHECK_VALUE(t.device().is_cuda(), op, arg, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
+}
+
 inline void check_contiguous(const char* op, const char* arg, const at::Tensor& t) {
   FS_CHECK_VALUE(t.is_contiguous(), op, arg, " must be contiguous, got shape ", shape_str(t.sizes()),
                  " with strides ", shape_str(t.strides()), "; call .contiguous() first");

@@ -59,7 +59,7 @@ CausalConv1dArgs checked_args(const char* op, const at::Tensor& x, const at::Ten
                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& state,
                               int64_t dilation, std::optional<c10::string_view> activation,
                               const std::optional<at::Tensor>& state_indices) {
-  FS_CHECK_VALUE(x.device().is_cpu(), op, "x must be a CPU tensor for the CPU kernel, got ", x.device());
+  check_cpu(op, "x", x);
   std::optional<std::string_view> act;
   if (activation.has_value()) act = std::string_view(activation->data(), activation->size());
   CausalConv1dArgs a = causal_conv1d_args(op, x, weight, bias, state, dilation, act, state_indices);

@@ -19,10 +19,6 @@ constexpr int64_t kGrainVectors = 4096;
 
 const FsqCpuKernels& kernels() { FS_SELECT_ISA(fsq_kernels) }
 
-void check_cpu(const char* op, const char* arg, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cpu(), op, arg, " must be a CPU tensor for the CPU kernel, got ", t.device());
-}
-
 // Writes codes/indices (checked by the callers) for z; raises on NaN when asked to.
 void fsq_into(const char* op, const at::Tensor& z, const fsq::Params& p, bool validate, at::Tensor& codes,
               at::Tensor& indices) {

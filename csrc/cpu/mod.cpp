@@ -23,10 +23,6 @@ const ModCpuKernels& kernels() { FS_SELECT_ISA(mod_kernels) }
 // Grain sizes: enough bytes per task to amortise it.
 int64_t row_grain(int64_t D, int64_t elem) { return std::max<int64_t>(1, (64 << 10) / std::max<int64_t>(1, D * elem)); }
 
-void check_cpu(const char* op, const char* arg, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cpu(), op, arg, " must be a CPU tensor for the CPU kernel, got ", t.device());
-}
-
 // Raises on the first bad entry of indices [B, K] for a table of T tokens.
 void validate_indices(const char* op, const at::Tensor& indices, int64_t T, bool sorted) {
   const int64_t B = indices.size(0), K = indices.size(1);

@@ -18,10 +18,6 @@ namespace {
 
 const SinkCpuKernels& kernels() { FS_SELECT_ISA(sink_kernels) }
 
-void check_cpu(const char* op, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cpu(), op, "q must be a CPU tensor for the CPU kernel, got ", t.device());
-}
-
 // Page-table entries in [0, pages) and lengths >= 0; returns the largest length.
 int64_t check_cache_values(const char* op, const at::Tensor& k_pool, const at::Tensor& page_table,
                            const at::Tensor& lengths) {
@@ -57,7 +53,7 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
                  int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits,
                  at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
   check_sink_qkv(op, q, k, v);
-  check_cpu(op, q);
+  check_cpu(op, "q", q);
   sink::AttnArgs a;
   a.positions = sink_positions(op, positions);
   a.rope_style = sink_rope_style(op, rope_style);
@@ -141,7 +137,7 @@ void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor&
                            std::optional<double> ema_alpha) {
   const char* op = "sink_cache_append";
   check_sink_qkv(op, k, k, v);
-  check_cpu(op, k);
+  check_cpu(op, "k", k);
   check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
   sink::AppendArgs a;
   a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);

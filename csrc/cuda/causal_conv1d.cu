@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "causal_conv1d_args.h"
+#include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/conv/cuda.cuh"
 
@@ -25,20 +26,14 @@ void run(const CausalConv1dArgs& a, const at::Tensor& y, const std::optional<at:
                                                static_cast<const T*>(bias_ptr), static_cast<T*>(state_ptr), idx_ptr,
                                                static_cast<T*>(y_ptr), a.channel_last, stream);
   };
-  cudaError_t err;
-  switch (conv_dtype_of(a.x)) {
-    case DType::f16: err = launch(f16_t{}); break;
-    case DType::bf16: err = launch(bf16_t{}); break;
-    default: err = launch(float{}); break;
-  }
-  check_launch(err, "causal_conv1d");
+  check_launch(by_dtype(conv_dtype_of(a.x), launch), "causal_conv1d");
 }
 
 CausalConv1dArgs checked_args(const char* op, const at::Tensor& x, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& state,
                               int64_t dilation, std::optional<c10::string_view> activation,
                               const std::optional<at::Tensor>& state_indices) {
-  FS_CHECK_VALUE(x.device().is_cuda(), op, "x must be a CUDA tensor for the CUDA kernel, got ", x.device());
+  check_cuda(op, "x", x);
   std::optional<std::string_view> act;
   if (activation.has_value()) act = std::string_view(activation->data(), activation->size());
   return causal_conv1d_args(op, x, weight, bias, state, dilation, act, state_indices);

@@ -6,25 +6,13 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/fsq/cuda.cuh"
 #include "fsq_args.h"
 
 namespace flashstream::cuda {
 namespace {
-
-void check_cuda(const char* op, const char* arg, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cuda(), op, arg, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
-}
-
-template <typename Fn>
-cudaError_t by_dtype(DType dt, Fn&& fn) {
-  switch (dt) {
-    case DType::f16: return fn(f16_t{});
-    case DType::bf16: return fn(bf16_t{});
-    default: return fn(float{});
-  }
-}
 
 // A device flag the kernel raises on bad values, read back (one sync) only when the caller asked
 // for validation and the stream is not being captured into a CUDA graph.

@@ -11,6 +11,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/mod/cuda.cuh"
 #include "mod_args.h"
@@ -19,19 +20,6 @@ namespace flashstream::cuda {
 namespace {
 
 namespace mk = flashstream::mod::cuda;
-
-void check_cuda(const char* op, const char* arg, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cuda(), op, arg, " must be a CUDA tensor for the CUDA kernel, got ", t.device());
-}
-
-template <typename Fn>
-cudaError_t by_dtype(DType dt, Fn&& fn) {
-  switch (dt) {
-    case DType::f16: return fn(f16_t{});
-    case DType::bf16: return fn(bf16_t{});
-    default: return fn(float{});
-  }
-}
 
 // Checks every entry of indices [B, K] on the device; one readback. Raises with the first bad one.
 void validate_indices(const char* op, const at::Tensor& indices, int64_t T, bool sorted, cudaStream_t stream) {

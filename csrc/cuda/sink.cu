@@ -8,25 +8,13 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/sink/cuda.cuh"
 #include "sink_args.h"
 
 namespace flashstream::cuda {
 namespace {
-
-void check_cuda(const char* op, const at::Tensor& t) {
-  FS_CHECK_VALUE(t.device().is_cuda(), op, "q must be a CUDA tensor for the CUDA kernel, got ", t.device());
-}
-
-template <typename Fn>
-cudaError_t by_dtype(DType dt, Fn&& fn) {
-  switch (dt) {
-    case DType::f16: return fn(f16_t{});
-    case DType::bf16: return fn(bf16_t{});
-    default: return fn(float{});
-  }
-}
 
 // Attention into out / lse (allocated by the functional op, or the caller's for sink_attention_out).
 void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -37,7 +25,7 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
                  int64_t chunk_size, double scale, double softcap, const std::optional<at::Tensor>& sink_logits,
                  at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
   check_sink_qkv(op, q, k, v);
-  check_cuda(op, q);
+  check_cuda(op, "q", q);
   sink::AttnArgs a;
   a.positions = sink_positions(op, positions);
   a.rope_style = sink_rope_style(op, rope_style);
@@ -112,7 +100,7 @@ void sink_cache_append_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor
                             std::optional<double> ema_alpha) {
   const char* op = "sink_cache_append";
   check_sink_qkv(op, k, k, v);
-  check_cuda(op, k);
+  check_cuda(op, "k", k);
   check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
   sink::AppendArgs a;
   a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);
