@@ -129,4 +129,33 @@ inline void check_sink_outputs(const char* op, const at::Tensor& q, const at::Te
   FS_CHECK_VALUE(at::get_overlap_status(out, lse) == at::MemOverlapStatus::No, op, "out and lse must not overlap");
 }
 
+// sink_cache_append's checks that need no tensor data, and its kernel arguments (pointers set).
+inline sink::AppendArgs sink_append_args(const char* op, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_pool,
+                                         at::Tensor& v_pool, const at::Tensor& page_table, at::Tensor& lengths,
+                                         const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
+                                         std::optional<double> ema_alpha) {
+  check_sink_qkv(op, k, k, v);
+  check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
+  sink::AppendArgs a;
+  a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);
+  if (ema_alpha.has_value()) {
+    FS_CHECK_VALUE(*ema_alpha >= 0.0 && *ema_alpha <= 1.0, op, "ema_alpha must be in [0, 1], got ", *ema_alpha);
+    FS_CHECK_VALUE(sink_len > 0, op, "ema_alpha needs sink > 0 (the EMA folds evicted tokens into sink slots)");
+    a.ema = true;
+    a.ema_alpha = float(*ema_alpha);
+  }
+  a.B = k.size(0); a.T = k.size(1); a.Hkv = k.size(2); a.D = k.size(3);
+  a.page_size = k_pool.size(1);
+  a.pages_per_head = page_table.size(2);
+  a.pool_pages = k_pool.size(0);
+  a.k = k.const_data_ptr();
+  a.v = v.const_data_ptr();
+  a.k_pool = k_pool.mutable_data_ptr();
+  a.v_pool = v_pool.mutable_data_ptr();
+  a.page_table = page_table.const_data_ptr<int32_t>();
+  a.lengths = lengths.mutable_data_ptr<int64_t>();
+  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
+  return a;
+}
+
 }  // namespace flashstream

@@ -136,32 +136,13 @@ void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor&
                            const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
                            std::optional<double> ema_alpha) {
   const char* op = "sink_cache_append";
-  check_sink_qkv(op, k, k, v);
   check_cpu(op, "k", k);
-  check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
-  sink::AppendArgs a;
-  a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);
-  if (ema_alpha.has_value()) {
-    FS_CHECK_VALUE(*ema_alpha >= 0.0 && *ema_alpha <= 1.0, op, "ema_alpha must be in [0, 1], got ", *ema_alpha);
-    FS_CHECK_VALUE(sink_len > 0, op, "ema_alpha needs sink > 0 (the EMA folds evicted tokens into sink slots)");
-    a.ema = true;
-    a.ema_alpha = float(*ema_alpha);
-  }
-  a.B = k.size(0); a.T = k.size(1); a.Hkv = k.size(2); a.D = k.size(3);
-  a.page_size = k_pool.size(1);
-  a.pages_per_head = page_table.size(2);
-  a.pool_pages = k_pool.size(0);
+  const sink::AppendArgs a =
+      sink_append_args(op, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window, ema_alpha);
   const int64_t n_max = check_cache_values(op, k_pool, page_table, lengths);
   const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
   check_capacity(op, a.g, any_full, n_max + a.T, a.page_size * a.pages_per_head);
   if (a.T == 0) return;
-  a.k = k.const_data_ptr();
-  a.v = v.const_data_ptr();
-  a.k_pool = k_pool.mutable_data_ptr();
-  a.v_pool = v_pool.mutable_data_ptr();
-  a.page_table = page_table.const_data_ptr<int32_t>();
-  a.lengths = lengths.mutable_data_ptr<int64_t>();
-  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(k);
   at::parallel_for(0, a.B * a.Hkv, 1, [&](int64_t begin, int64_t end) {

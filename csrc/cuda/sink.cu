@@ -99,29 +99,10 @@ void sink_cache_append_cuda(const at::Tensor& k, const at::Tensor& v, at::Tensor
                             const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window,
                             std::optional<double> ema_alpha) {
   const char* op = "sink_cache_append";
-  check_sink_qkv(op, k, k, v);
   check_cuda(op, "k", k);
-  check_sink_cache(op, k, k_pool, v_pool, page_table, lengths, full_heads);
-  sink::AppendArgs a;
-  a.g = sink_geometry(op, sink_len, window, sink::Mask::causal, 0);
-  if (ema_alpha.has_value()) {
-    FS_CHECK_VALUE(*ema_alpha >= 0.0 && *ema_alpha <= 1.0, op, "ema_alpha must be in [0, 1], got ", *ema_alpha);
-    FS_CHECK_VALUE(sink_len > 0, op, "ema_alpha needs sink > 0 (the EMA folds evicted tokens into sink slots)");
-    a.ema = true;
-    a.ema_alpha = float(*ema_alpha);
-  }
-  a.B = k.size(0); a.T = k.size(1); a.Hkv = k.size(2); a.D = k.size(3);
-  a.page_size = k_pool.size(1);
-  a.pages_per_head = page_table.size(2);
-  a.pool_pages = k_pool.size(0);
+  const sink::AppendArgs a =
+      sink_append_args(op, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len, window, ema_alpha);
   if (a.T == 0) return;
-  a.k = k.const_data_ptr();
-  a.v = v.const_data_ptr();
-  a.k_pool = k_pool.mutable_data_ptr();
-  a.v_pool = v_pool.mutable_data_ptr();
-  a.page_table = page_table.const_data_ptr<int32_t>();
-  a.lengths = lengths.mutable_data_ptr<int64_t>();
-  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
   DeviceGuard guard(k);
   const cudaStream_t stream = current_stream(k);
   check_launch(by_dtype(sink_dtype_of(k), [&](auto t) { return sink::cuda::launch_append<decltype(t)>(a, stream); }), op);
