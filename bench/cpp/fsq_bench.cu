@@ -16,60 +16,15 @@
 
 #include <cuda_runtime.h>
 
+#include "bench_common.cuh"
+
 #include "flashstream/common/dtype.h"
 #include "flashstream/fsq/cuda.cuh"
 #include "flashstream/fsq/params.h"
 
 namespace {
 
-#define CHECK_CUDA(expr)                                                                   \
-  do {                                                                                     \
-    const cudaError_t err_ = (expr);                                                       \
-    if (err_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                        \
-    }                                                                                      \
-  } while (0)
-
-constexpr int kWarmup = 5;
-constexpr int kReps = 30;
-constexpr size_t kFlushBytes = size_t(256) << 20;  // larger than any current L2
-
-// Deterministic pseudo-random inputs in [-3, 3), written on the device.
-template <typename T>
-__global__ void fill_kernel(T* z, int64_t count) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) {
-    uint64_t h = uint64_t(i) * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 31;
-    h *= 0xBF58476D1CE4E5B9ull;
-    h ^= h >> 29;
-    const float u = float(h & 0xFFFFFF) * (1.0f / 16777216.0f);
-    z[i] = flashstream::from_float<T>(u * 6.0f - 3.0f);
-  }
-}
-
-// Median time in ms of `op`, with the L2 flushed (memset of a 256 MiB buffer) before each rep.
-template <typename Op>
-float time_ms(Op&& op, void* flush) {
-  cudaEvent_t start, stop;
-  CHECK_CUDA(cudaEventCreate(&start));
-  CHECK_CUDA(cudaEventCreate(&stop));
-  for (int i = 0; i < kWarmup; ++i) op();
-  std::vector<float> ms(kReps);
-  for (int i = 0; i < kReps; ++i) {
-    CHECK_CUDA(cudaMemsetAsync(flush, i & 0xFF, kFlushBytes, 0));
-    CHECK_CUDA(cudaEventRecord(start, 0));
-    op();
-    CHECK_CUDA(cudaEventRecord(stop, 0));
-    CHECK_CUDA(cudaEventSynchronize(stop));
-    CHECK_CUDA(cudaEventElapsedTime(&ms[i], start, stop));
-  }
-  CHECK_CUDA(cudaEventDestroy(start));
-  CHECK_CUDA(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[kReps / 2];
-}
+using namespace flashstream::bench;
 
 // Host evaluation of the same fp32 math (params.h's bounded(), round half to even).
 int64_t host_index(const flashstream::fsq::Params& p, const float* row) {
@@ -100,7 +55,7 @@ bool run_case(const char* dtype_name, const std::vector<int64_t>& levels, int64_
   CHECK_CUDA(cudaMalloc(&indices, n * sizeof(int64_t)));
   CHECK_CUDA(cudaMalloc(&nan_flag, sizeof(int)));
   CHECK_CUDA(cudaMemset(nan_flag, 0, sizeof(int)));
-  fill_kernel<T><<<1024, 256>>>(z, elems);
+  fill_kernel<T><<<1024, 256>>>(z, elems, 0);
   CHECK_CUDA(cudaGetLastError());
   CHECK_CUDA(cudaDeviceSynchronize());
 
