@@ -5,7 +5,9 @@
 #   $OUT/summary.txt     step timings, `flashstream info`, bench/cpp output, benchmark tables
 #   $OUT/build.log       the pip (scikit-build-core/CMake) build
 #   $OUT/tests.log       pytest
-#   $OUT/results/        the benchmark JSON + PNG written by this run
+#   $OUT/peers.log       the build of the causal-conv1d peer from its carried sdist
+#   $OUT/results.tar.gz  the benchmark JSON + PNG written by this run (one file: a device call
+#                        brings back at most 8)
 # Wheels the machine lacks travel in the repo's git-ignored .whl/ (bench/prepare_gpu_wheels.sh
 # fills it; name .whl in the call's carry). The copy of the tree there has no .git, so pass the
 # commit in: FLASHSTREAM_COMMIT=<sha> bash bench/gpu_check.sh
@@ -14,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-$PWD/out}
-mkdir -p "$OUT/results"
+mkdir -p "$OUT"
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 export PYTHONUNBUFFERED=1
@@ -54,6 +56,33 @@ fi
 grep -h -- "-- flashstream:" "$OUT/build.log" | sed 's/^ *-- //' | tee -a "$SUMMARY" || true
 log "build done"
 
+# ---- the causal-conv1d peer, built from its sdist for sm_90 while the tests run -----------------
+# Its setup.py hard-codes nine archs; keeping sm_90 alone cuts the build to a few minutes.
+PEER_PID=
+if compgen -G ".whl/sdist/causal_conv1d-*.tar.gz" >/dev/null; then
+  (
+    set -e
+    rm -rf /tmp/peer-src && mkdir -p /tmp/peer-src && tar -xzf .whl/sdist/causal_conv1d-*.tar.gz -C /tmp/peer-src
+    src=$(echo /tmp/peer-src/causal_conv1d-*)
+    python3 - "$src/setup.py" <<'PYEOF'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+pair = re.compile(r'^([ \t]*)cc_flag\.append\("-gencode"\)\n[ \t]*cc_flag\.append\("arch=compute_(\d+),code=sm_\d+"\)', re.M)
+text, n = pair.subn(lambda m: m.group(0) if m.group(2) == "90" else m.group(1) + "pass", text)
+assert n > 0, "causal-conv1d setup.py: no -gencode pairs found"
+open(path, "w").write(text)
+PYEOF
+    CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS=8 python3 -m pip install --no-build-isolation --no-deps --no-index \
+      --target /tmp/site -v "$src"
+  ) >"$OUT/peers.log" 2>&1 &
+  PEER_PID=$!
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  log "building the causal-conv1d peer in the background (log in peers.log)"
+else
+  log "no .whl/sdist/causal_conv1d-*.tar.gz carried: the conv bench runs without that peer"
+fi
+
 # Run everything below from outside the source tree's python/ so the installed package is used.
 if ! { echo; python3 -m flashstream info; echo; } 2>&1 | tee -a "$SUMMARY"; then failures+=("info"); fi
 
@@ -86,14 +115,21 @@ else
 fi
 
 # ---- Python benchmarks -------------------------------------------------------------------------
+if [[ -n "$PEER_PID" ]]; then
+  if wait "$PEER_PID"; then log "causal-conv1d peer built"; else log "causal-conv1d peer build FAILED (see peers.log)"; failures+=("peer-build"); fi
+fi
 for b in bench/bench_*.py; do
   log "running $b --device cuda"
   if ! timeout 300 python3 "$b" --device cuda 2>&1 | tee -a "$SUMMARY"; then failures+=("$(basename "$b")"); fi
 done
 
-find bench/results -maxdepth 1 -newer "$START_MARK" \( -name '*.json' -o -name '*.png' \) -exec cp {} "$OUT/results/" \;
+new_results=$(cd bench/results && find . -maxdepth 1 -newer "$START_MARK" \( -name '*.json' -o -name '*.png' \) | sort)
 rm -f "$START_MARK"
-log "results: $(ls "$OUT/results" | tr '\n' ' ')"
+if [[ -n "$new_results" ]]; then
+  # shellcheck disable=SC2086  # one name per word
+  tar -czf "$OUT/results.tar.gz" -C bench/results $new_results
+fi
+log "results: $(echo $new_results)"
 if ((${#failures[@]})); then
   log "FAILED: ${failures[*]}"
   exit 1

@@ -6,6 +6,8 @@
 #                     pure-python needs that the GPU image lacks, plus expecttest
 #   .whl/build/*.whl  installed there only if scikit-build-core / ninja / hypothesis are missing
 #                     (the image normally has them)
+#   .whl/sdist/       the causal-conv1d source release (the conv peer), which gpu_check.sh builds
+#                     there for sm_90 (it ships no wheels on PyPI)
 # Usage: bash bench/prepare_gpu_wheels.sh      (from anywhere; total well under 20 MB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +28,19 @@ download .whl/build \
   scikit-build-core==0.11.6 pathspec==0.12.1 packaging==25.0 ninja==1.13.0 \
   hypothesis==6.140.2 attrs==25.3.0 sortedcontainers==2.4.0
 
-ls -la .whl .whl/build
+# `pip download` of an sdist runs its setup.py (which needs a CUDA torch), so fetch the file itself,
+# pinned and checked against PyPI's sha256.
+"$PY" - <<'PYEOF'
+import hashlib, json, os, urllib.request
+name, version = "causal-conv1d", "1.7.0"
+meta = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json"))
+(sdist,) = [u for u in meta["releases"][version] if u["packagetype"] == "sdist"]
+data = urllib.request.urlopen(sdist["url"]).read()
+assert hashlib.sha256(data).hexdigest() == sdist["digests"]["sha256"], "causal-conv1d sdist: sha256 mismatch"
+os.makedirs(".whl/sdist", exist_ok=True)
+with open(os.path.join(".whl/sdist", sdist["filename"]), "wb") as f:
+    f.write(data)
+PYEOF
+
+ls -la .whl .whl/build .whl/sdist
 du -sh .whl
