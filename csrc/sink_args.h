@@ -64,7 +64,8 @@ inline void check_sink_qkv(const char* op, const at::Tensor& q, const at::Tensor
   check_shape(op, "v", v, k.sizes(), "k.shape");
   FS_CHECK_VALUE(Hkv >= 1 && Hq % Hkv == 0, op, "q heads (", Hq, ") must be a multiple of k heads (", Hkv, ")");
   FS_CHECK_VALUE(Hq / Hkv <= 128, op, "at most 128 q heads per kv head, got ", Hq / Hkv);
-  FS_CHECK_VALUE(D >= 2 && D <= 256 && D % 2 == 0, op, "head dim must be even and in [2, 256], got ", D);
+  FS_CHECK_VALUE(D >= 2 && D <= sink::kMaxHeadDim && D % 2 == 0, op, "head dim must be even and in [2, ",
+                 sink::kMaxHeadDim, "], got ", D);
   check_same_device(op, "k", k, q, "q");
   check_same_device(op, "v", v, q, "q");
   check_contiguous(op, "q", q);

@@ -1,5 +1,6 @@
 // Sink KV cache on CPU: argument checks (sink_args.h), the data checks only the CPU can afford
 // (page-table ranges, pool capacity), then the ISA-selected kernels over at::parallel_for.
+#include <algorithm>
 #include <memory>
 
 #include <ATen/Parallel.h>
@@ -11,6 +12,7 @@
 #include "cpu/isa.h"
 #include "cpu/isa/sink.h"
 #include "flashstream/sink/cpu_tiles.h"
+#include "flashstream/sink/split.h"
 #include "sink_args.h"
 
 namespace flashstream::cpu {
@@ -70,13 +72,15 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
     check_contiguous(op, "full_heads", *full_heads);
   }
   a.B = q.size(0); a.T = q.size(1); a.Hq = q.size(2); a.Hkv = k.size(2); a.D = q.size(3);
+  int64_t n_max = 0;
+  bool any_full = false;
   if (n_cache == 4) {
     check_sink_cache(op, k, *k_pool, *v_pool, *page_table, *lengths, full_heads);
-    const int64_t n_max = check_cache_values(op, *k_pool, *page_table, *lengths);
+    n_max = check_cache_values(op, *k_pool, *page_table, *lengths);
     a.page_size = k_pool->size(1);
     a.pages_per_head = page_table->size(2);
     a.pool_pages = k_pool->size(0);
-    const bool any_full = full_heads.has_value() && full_heads->any().item<bool>();
+    any_full = full_heads.has_value() && full_heads->any().item<bool>();
     check_capacity(op, a.g, any_full, n_max, a.page_size * a.pages_per_head);
     a.k_pool = k_pool->const_data_ptr();
     a.v_pool = v_pool->const_data_ptr();
@@ -97,13 +101,28 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   if (q.numel() == 0) return;
   const int64_t G = a.Hq / a.Hkv, tile = sink::cpu::query_tile(G);
   const int64_t items = a.B * a.Hkv * ((a.T + tile - 1) / tile);
+  // Split-KV when the (stream, head, query tile) items alone cannot keep the threads busy (decode
+  // of few streams): the most keys an item can see bounds how finely its keys are cut.
+  const bool every_token = any_full || a.g.window == sink::kNoWindow;
+  const int64_t max_keys = every_token ? n_max + a.T : std::min(n_max, a.g.sink + a.g.window) + a.T;
+  a.splits = sink::choose_splits(items, at::get_num_threads(), max_keys, 2 * sink::cpu::kKeyBlock);
+  at::Tensor parts;
+  if (a.splits > 1) {
+    const int64_t rows = a.B * a.T * a.Hq;
+    parts = at::empty({a.splits * rows * (a.D + 2)}, q.options().dtype(at::kFloat));
+    a.part_m = parts.mutable_data_ptr<float>();
+    a.part_l = a.part_m + a.splits * rows;
+    a.part_acc = a.part_l + a.splits * rows;
+  }
   const int64_t scratch_floats = sink::cpu::attend_scratch_floats(a.D, G);
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(q);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, items * a.splits, 1, [&](int64_t begin, int64_t end) {
     std::unique_ptr<float[]> scratch(new float[scratch_floats]);
     kern.attend(dt, a, begin, end, scratch.get());
   });
+  if (a.splits > 1)
+    at::parallel_for(0, a.B * a.T * a.Hq, 16, [&](int64_t begin, int64_t end) { kern.merge(dt, a, begin, end); });
 }
 
 std::tuple<at::Tensor, at::Tensor> sink_attention_cpu(

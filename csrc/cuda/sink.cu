@@ -3,6 +3,8 @@
 // data (page-table ranges, lengths against capacity) are not made here: they would cost a host
 // sync and break graph capture. SinkCache checks capacity on its host mirror of the lengths, and
 // the kernels skip any slot outside a page table or the pool, so nothing is written out of bounds.
+#include <algorithm>
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -65,6 +67,20 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   a.out = out.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr<float>();
   if (q.numel() == 0) return;
+  // Split-KV when the blocks alone leave SMs idle. The lengths live on the device, so the keys an
+  // item may see are bounded by what its page table holds (sink + window for streaming heads).
+  const int64_t capacity = a.page_table != nullptr ? a.pages_per_head * a.page_size : 0;
+  const bool every_token = full_heads.has_value() || a.g.window == sink::kNoWindow;
+  const int64_t max_keys = (every_token ? capacity : std::min(capacity, a.g.sink + a.g.window)) + a.T;
+  a.splits = sink::choose_splits(sink::cuda::attend_blocks(a), multiprocessors(q), max_keys, 256);
+  at::Tensor parts;
+  if (a.splits > 1) {
+    const int64_t rows = a.B * a.T * a.Hq;
+    parts = at::empty({sink::cuda::split_workspace_floats(a)}, q.options().dtype(at::kFloat));
+    a.part_m = parts.mutable_data_ptr<float>();
+    a.part_l = a.part_m + a.splits * rows;
+    a.part_acc = a.part_l + a.splits * rows;
+  }
   const cudaStream_t stream = current_stream(q);
   check_launch(by_dtype(sink_dtype_of(q), [&](auto t) { return sink::cuda::launch_attend<decltype(t)>(a, stream); }), op);
 }

@@ -1,6 +1,8 @@
 // The current CUDA stream and a device guard for CUDA bindings, taken from torch's C shim so the
 // bindings compile against CPU-only torch headers too (no c10/cuda), as `make cuda-check` does.
 #pragma once
+#include <atomic>
+
 #include <cuda_runtime.h>
 
 #include <ATen/core/Tensor.h>
@@ -35,6 +37,21 @@ inline bool is_capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   TORCH_CHECK(cudaStreamIsCapturing(stream, &status) == cudaSuccess, "flashstream: cudaStreamIsCapturing failed");
   return status != cudaStreamCaptureStatusNone;
+}
+
+// Streaming multiprocessors of `t`'s device, looked up once per device (grid sizing).
+inline int64_t multiprocessors(const at::Tensor& t) {
+  static std::atomic<int> cached[64] = {};
+  const int dev = t.device().index();
+  if (dev < 0 || dev >= 64) return 1;
+  int n = cached[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    TORCH_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess,
+                "flashstream: cudaDeviceGetAttribute(MultiProcessorCount) failed on ", t.device());
+    n = n > 0 ? n : 1;
+    cached[dev].store(n, std::memory_order_relaxed);
+  }
+  return n;
 }
 
 inline void check_launch(cudaError_t err, const char* op) {

@@ -19,6 +19,14 @@ void attend(DType dt, const sink::AttnArgs& a, int64_t begin, int64_t end, float
   }
 }
 
+void merge(DType dt, const sink::AttnArgs& a, int64_t begin, int64_t end) {
+  switch (dt) {
+    case DType::f16: return sink::cpu::merge_splits<f16_t>(a, begin, end);
+    case DType::bf16: return sink::cpu::merge_splits<bf16_t>(a, begin, end);
+    default: return sink::cpu::merge_splits<float>(a, begin, end);
+  }
+}
+
 void append(DType dt, const sink::AppendArgs& a, int64_t begin, int64_t end, float* tmp) {
   switch (dt) {
     case DType::f16: return sink::cpu::append<f16_t>(a, begin, end, tmp);
@@ -30,7 +38,7 @@ void append(DType dt, const sink::AppendArgs& a, int64_t begin, int64_t end, flo
 }  // namespace
 
 const SinkCpuKernels& sink_kernels() {
-  static const SinkCpuKernels table{&attend, &append};
+  static const SinkCpuKernels table{&attend, &merge, &append};
   return table;
 }
 

@@ -31,6 +31,12 @@ struct AttnArgs {
   double rope_theta = 10000.0;
   float scale = 1.0f;
   float softcap = 0.0f;  // 0: none
+  // Split-KV (split.h): with splits > 1 the attention kernels leave partial softmax states in
+  // part_m / part_l / part_acc instead of out / lse, and a merge pass writes out / lse.
+  int64_t splits = 1;
+  float* part_m = nullptr;
+  float* part_l = nullptr;
+  float* part_acc = nullptr;
 };
 
 struct AppendArgs {

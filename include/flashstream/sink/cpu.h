@@ -18,6 +18,7 @@
 #include "flashstream/common/simd.h"
 #include "flashstream/sink/args.h"
 #include "flashstream/sink/cpu_tiles.h"
+#include "flashstream/sink/split.h"
 
 namespace flashstream::sink::cpu {
 
@@ -279,9 +280,10 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
 namespace flashstream::sink::cpu {
 inline namespace FLASHSTREAM_ISA {
 
-// One work item: stream b, kv head h, queries [t0, t1) of the step.
+// One work item: stream b, kv head h, queries [t0, t1) of the step, the keys of split `split`
+// (split.h; the whole range when a.splits == 1).
 template <typename T>
-void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* scratch) {
+void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, int64_t split, float* scratch) {
   const int64_t D = a.D, Dp = padded_dim(D), G = a.Hq / a.Hkv, half = D / 2;
   const int64_t nq = t1 - t0, rows = nq * G;
   const int64_t n = a.lengths != nullptr ? a.lengths[b] : 0;
@@ -324,6 +326,7 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
     }
   }
   const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
+  const int64_t win_end = win_lo == INT64_MAX ? base : win_hi;
 
   // Queries: load, scale, rotate into both frames.
   const T* q = static_cast<const T*>(a.q);
@@ -371,8 +374,8 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
 
   // frame 0: sink keys [0, sink_end) at positions p; frame 1: window keys [win_lo, win_hi) at p - base.
   for (int frame = 0; frame < 2; ++frame) {
-    const int64_t k_begin = frame == 0 ? 0 : base;
-    const int64_t k_end = frame == 0 ? sink_end : (win_lo == INT64_MAX ? base : win_hi);
+    const KeyRange keys = split_frame_keys(frame, sink_end, base, win_end, split, a.splits);
+    const int64_t k_begin = keys.begin, k_end = keys.end;
     const float* qf = frame == 0 ? qs : qw;
     int64_t rope_next = INT64_MIN;  // the position the rotary recurrence has reached
     for (int64_t p0 = k_begin; p0 < k_end; p0 += kKeyBlock) {
@@ -421,6 +424,17 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
     }
   }
 
+  if (a.splits > 1) {  // leave the partial state; merge_splits finishes
+    const int64_t stride = a.B * a.T * a.Hq;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t row = (b * a.T + t0 + r / G) * a.Hq + h * G + r % G, at = split * stride + row;
+      a.part_m[at] = m[r];
+      a.part_l[at] = l[r];
+      std::memcpy(a.part_acc + at * D, acc + r * Dp, D * sizeof(float));
+    }
+    return;
+  }
+
   // Finish: optional sink logit in the denominator, normalise, write out and lse.
   T* out = static_cast<T*>(a.out);
   for (int64_t r = 0; r < rows; ++r) {
@@ -442,14 +456,37 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
   }
 }
 
-// Work items [begin, end) of B * Hkv * ceil(T / tile).
+// Work items [begin, end) of B * Hkv * ceil(T / tile) * splits (the split fastest, so one
+// thread's consecutive items share a query tile).
 template <typename T>
 void attend(const AttnArgs& a, int64_t begin, int64_t end, float* scratch) {
   const int64_t G = a.Hq / a.Hkv, tile = query_tile(G), tiles = (a.T + tile - 1) / tile;
   for (int64_t w = begin; w < end; ++w) {
-    const int64_t tt = w % tiles, bh = w / tiles;
+    const int64_t split = w % a.splits, item = w / a.splits;
+    const int64_t tt = item % tiles, bh = item / tiles;
     const int64_t t0 = tt * tile, t1 = t0 + tile < a.T ? t0 + tile : a.T;
-    attend_item<T>(a, bh / a.Hkv, bh % a.Hkv, t0, t1, scratch);
+    attend_item<T>(a, bh / a.Hkv, bh % a.Hkv, t0, t1, split, scratch);
+  }
+}
+
+// Split-KV finish for rows [begin, end) of B * T * Hq: merge the splits' partial states (with the
+// optional sink logit), normalise, write out and lse.
+template <typename T>
+void merge_splits(const AttnArgs& a, int64_t begin, int64_t end) {
+  const int64_t stride = a.B * a.T * a.Hq, D = a.D;
+  T* out = static_cast<T*>(a.out);
+  alignas(64) float row_acc[kMaxHeadDim];
+  for (int64_t row = begin; row < end; ++row) {
+    const float* sl = a.sink_logits != nullptr ? a.sink_logits + row % a.Hq : nullptr;
+    const MergedRow mr = merge_row_stats(a.part_m + row, a.part_l + row, a.splits, stride, sl);
+    for (int64_t d = 0; d < D; ++d) row_acc[d] = 0.f;
+    for (int64_t s = 0; s < a.splits; ++s) {
+      const float w = split_weight(mr, a.part_m[s * stride + row]);
+      const float* src = a.part_acc + (s * stride + row) * D;
+      for (int64_t d = 0; d < D; ++d) row_acc[d] += w * src[d];
+    }
+    store_row_f(row_acc, D, out + row * D);
+    if (a.lse != nullptr) a.lse[row] = mr.m + std::log(mr.l);
   }
 }
 

@@ -6,8 +6,9 @@
 // page table, converts to fp32 and rotates once (params.h's two frames) into shared memory. Warp w
 // owns rows w, w + kWarps, ...; lane j scores key j of the block, then each lane accumulates
 // P @ V for the head dims d = lane + 32 e. All bookkeeping (lengths) is read on the device, so a
-// step is graph-capturable. This is the straightforward "correct first" kernel: no split-KV and no
-// tensor cores yet.
+// step is graph-capturable. Split-KV (split.h): when the blocks alone would leave SMs idle (decode
+// of few streams), grid.y also enumerates key splits; each block then leaves its rows' partial
+// softmax states and merge_kernel finishes. No tensor cores yet.
 #pragma once
 #include <cstdint>
 
@@ -15,6 +16,7 @@
 
 #include "flashstream/common/dtype.h"
 #include "flashstream/sink/args.h"
+#include "flashstream/sink/split.h"
 
 namespace flashstream::sink::cuda {
 
@@ -68,7 +70,8 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   const int64_t G = a.Hq / a.Hkv, D = a.D, half = D / 2;
   const int64_t hpb = G < kRows ? G : kRows, qpb = kRows / hpb;
   const int64_t b = blockIdx.x / a.Hkv, h = blockIdx.x % a.Hkv;
-  const int64_t t0 = int64_t(blockIdx.y) * qpb, g0 = int64_t(blockIdx.z) * hpb;
+  const int64_t split = int64_t(blockIdx.y) % a.splits;
+  const int64_t t0 = int64_t(blockIdx.y) / a.splits * qpb, g0 = int64_t(blockIdx.z) * hpb;
   const int64_t nq = a.T - t0 < qpb ? a.T - t0 : qpb;
   const int64_t nh = G - g0 < hpb ? G - g0 : hpb;
   const int64_t rows = nq * nh;
@@ -95,6 +98,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   __syncthreads();
   const int64_t sink_end = range[0], win_lo = range[1], win_hi = range[2];
   const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
+  const int64_t win_end = win_lo == INT64_MAX ? base : win_hi;
 
   // Queries: row r = (query r / nh, head g0 + r % nh), scaled, rotated into both frames.
   const T* q = static_cast<const T*>(a.q);
@@ -131,8 +135,8 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   const T* vpool = static_cast<const T*>(a.v_pool);
 
   for (int frame = 0; frame < 2; ++frame) {
-    const int64_t k_begin = frame == 0 ? 0 : base;
-    const int64_t k_end = frame == 0 ? sink_end : (win_lo == INT64_MAX ? base : win_hi);
+    const KeyRange keys = split_frame_keys(frame, sink_end, base, win_end, split, a.splits);
+    const int64_t k_begin = keys.begin, k_end = keys.end;
     const float* qf = frame == 0 ? qs : qw;
     for (int64_t p0 = k_begin; p0 < k_end; p0 += kKeys) {
       const int nb = int(k_end - p0 < kKeys ? k_end - p0 : kKeys);
@@ -202,6 +206,26 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
     }
   }
 
+  if (a.splits > 1) {  // leave the partial states; merge_kernel finishes
+    const int64_t stride = a.B * a.T * a.Hq;
+#pragma unroll
+    for (int k = 0; k < kRowsPerWarp; ++k) {
+      const int64_t r = warp + k * kWarps;
+      if (r >= rows) break;
+      const int64_t at = split * stride + (b * a.T + t0 + r / nh) * a.Hq + h * G + g0 + r % nh;
+#pragma unroll
+      for (int e = 0; e < kDpl; ++e) {
+        const int64_t d = lane + 32 * e;
+        if (d < D) a.part_acc[at * D + d] = acc[k][e];
+      }
+      if (lane == 0) {
+        a.part_m[at] = m[k];
+        a.part_l[at] = l[k];
+      }
+    }
+    return;
+  }
+
   T* out = static_cast<T*>(a.out);
 #pragma unroll
   for (int k = 0; k < kRowsPerWarp; ++k) {
@@ -227,16 +251,46 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   }
 }
 
+// Split-KV finish: one block per row of B * T * Hq, threads over head dims.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) merge_kernel(const AttnArgs a) {
+  const int64_t row = blockIdx.x, stride = a.B * a.T * a.Hq;
+  const float* sl = a.sink_logits != nullptr ? a.sink_logits + row % a.Hq : nullptr;
+  const MergedRow mr = merge_row_stats(a.part_m + row, a.part_l + row, a.splits, stride, sl);
+  T* dst = static_cast<T*>(a.out) + row * a.D;
+  for (int64_t d = threadIdx.x; d < a.D; d += kThreads) {
+    float o = 0.f;
+    for (int64_t s = 0; s < a.splits; ++s)
+      o = fmaf(split_weight(mr, a.part_m[s * stride + row]), a.part_acc[(s * stride + row) * a.D + d], o);
+    dst[d] = from_float<T>(o);
+  }
+  if (threadIdx.x == 0 && a.lse != nullptr) a.lse[row] = mr.m + logf(mr.l);
+}
+
+// Blocks of the attention grid before any split: (stream, kv head) x query tiles x group slices.
+inline int64_t attend_blocks(const AttnArgs& a) {
+  const int64_t G = a.Hq / a.Hkv, hpb = heads_per_block(G), qpb = queries_per_block(G);
+  return a.B * a.Hkv * ((a.T + qpb - 1) / qpb) * ((G + hpb - 1) / hpb);
+}
+
+// Floats of partial state a split-KV launch with a.splits splits needs (part_m, part_l, part_acc).
+inline int64_t split_workspace_floats(const AttnArgs& a) { return a.splits * a.B * a.T * a.Hq * (a.D + 2); }
+
 template <typename T, int kDpl>
 cudaError_t launch_attend_dpl(const AttnArgs& a, cudaStream_t stream) {
   const int64_t G = a.Hq / a.Hkv, hpb = heads_per_block(G), qpb = queries_per_block(G);
-  const dim3 grid(unsigned(a.B * a.Hkv), unsigned((a.T + qpb - 1) / qpb), unsigned((G + hpb - 1) / hpb));
+  const dim3 grid(unsigned(a.B * a.Hkv), unsigned((a.T + qpb - 1) / qpb * a.splits), unsigned((G + hpb - 1) / hpb));
   const size_t smem = size_t(smem_layout(a.D).bytes());
   if (smem > 48 * 1024) {
     const cudaError_t err = cudaFuncSetAttribute(attend_kernel<T, kDpl>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (err != cudaSuccess) return err;
   }
   attend_kernel<T, kDpl><<<grid, kThreads, smem, stream>>>(a);
+  if (a.splits > 1) {
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    merge_kernel<T><<<unsigned(a.B * a.T * a.Hq), kThreads, 0, stream>>>(a);
+  }
   return cudaGetLastError();
 }
 

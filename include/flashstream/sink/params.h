@@ -24,6 +24,7 @@ enum class Positions : int { cache = 0, absolute = 1, none = 2 };
 enum class RopeStyle : int { half = 0, interleaved = 1 };
 
 inline constexpr int64_t kNoWindow = -1;
+inline constexpr int64_t kMaxHeadDim = 256;
 
 struct Geometry {
   int64_t sink = 0;

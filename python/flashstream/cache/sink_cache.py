@@ -23,8 +23,10 @@ the kernels need no per-slot position array.
 **Where the bookkeeping lives.** ``lengths`` (int64 ``[num_layers, B]``, tokens each layer has
 seen per stream) is a device tensor read and advanced by the kernels; the ring head is
 ``lengths`` itself (slot arithmetic above). A step therefore has fixed shapes and no host sync;
-with ``step(..., out=buf)`` (``sink_attention_out``) it allocates nothing either, and can be
-captured in a CUDA graph and replayed. A host mirror of the lengths (shapes are known on the host)
+with ``step(..., out=buf)`` (``sink_attention_out``) it allocates no output either, and can be
+captured in a CUDA graph and replayed. (A split-KV decode, below, takes its partial-state
+workspace from torch's caching allocator, which a steady stream of equal steps serves from cache,
+and a graph capture from its private pool.) A host mirror of the lengths (shapes are known on the host)
 lets :meth:`step` reject a step that would overflow the pool *before* anything is written; it is
 not updated by graph replays, so a replayed graph must not run past ``max_tokens`` (the kernels
 still never write outside a page table).
@@ -34,6 +36,12 @@ attention of the T queries over the cache as it was before the step plus the ste
 under the visibility of the issue, rotary applied in-kernel) and then ``sink_cache_append`` (one
 fused kernel: raw sink tokens, the EMA-sink folds, the ring writes, ``lengths += T``). Attention
 first: a step's queries must see the tokens that this step's append evicts.
+
+**Split-KV.** When a step's (stream, kv head, query tile) work items are too few to fill the
+machine (decode of a few streams: CPU threads, GPU SMs), each item's visible keys are cut into
+splits run in parallel, whose partial softmax states (max, sum, unnormalised output) one merge
+pass combines (``include/flashstream/sink/split.h``). The result equals the unsplit one up to
+float rounding; the split count depends on the thread / SM count, never on the data.
 
 **EMA-sink order.** Within ``sink_cache_append`` for each (stream, head): (1) tokens of the step
 that are sinks are written raw; (2) every token p >= sink that leaves the window in this step, in
