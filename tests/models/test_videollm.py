@@ -333,3 +333,25 @@ def test_real_clip_streams_through_mod():
     lines = stream_clip(mod, max_frames=4, reply=False)
     assert len(lines) == 4
     assert all("p(interval)" in line and "KV bytes" in line for line in lines)
+
+
+def test_smollm2_backbone_mod_streaming(smollm2_model):
+    """On SmolLM2-135M (random vision side): capacity 1 equals the dense model, and VideoLLM-MoD at
+    capacity 0.2 streams frame by frame exactly as its offline forward."""
+    llm, tokenizer = smollm2_model
+    vision = FrameEncoderConfig(image_size=32, patch_size=8, dim=32, num_layers=1, num_heads=2, pool=3)
+    live = LiveConfig(interval_token_id=tokenizer.encode(",", add_bos=False)[0], eos_token_id=llm.config.eos_token_id)
+    torch.manual_seed(11)
+    dense = VideoLLMOnline(llm, vision, live).eval()
+    mods = {c: VideoLLMMoD(llm, vision, live, capacity=c).eval() for c in (1.0, 0.2)}
+    for m in mods.values():
+        m.vision.load_state_dict(dense.vision.state_dict())
+        m.connector.load_state_dict(dense.connector.state_dict())
+    frames = clip(F=3, seed=11)
+    p = torch.tensor([tokenizer.encode("Describe the video.", add_bos=False)])
+    want = dense.offline_frame_logits(frames, p)
+    assert_same(mods[1.0].offline_frame_logits(frames, p), want)
+    offline = mods[0.2].offline_frame_logits(frames, p)
+    streamed, state = stream_logits(mods[0.2], frames, p, [1, 1, 1])
+    assert_same(streamed, offline)
+    assert state.cache.kv_bytes(1) < state.cache.kv_bytes(0)

