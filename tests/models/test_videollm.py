@@ -106,6 +106,12 @@ def test_apply_rotary_errors():
         apply_rotary(torch.randn(2, 3, 1, 4), torch.zeros(2, 3), 1e4)
 
 
+def test_apply_rotary_compiles_fullgraph():
+    x, pos = torch.randn(1, 5, 2, 8), torch.arange(3, 8).view(1, 5)
+    compiled = torch.compile(apply_rotary, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, pos, 1e4), apply_rotary(x, pos, 1e4))
+
+
 def _cache(positions, max_tokens=64, **kw):
     return SinkCache(1, 2, 2, 16, sink=0, window=None, page_size=4, positions=positions, rope_theta=1e4,
                      max_tokens=max_tokens, dtype=torch.float32, device="cpu", **kw)

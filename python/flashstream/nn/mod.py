@@ -7,7 +7,7 @@ from torch import nn
 
 from ..ops.mod import (mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_, mod_scatter_output,
                        mod_scatter_output_)
-from .rotary import apply_rotary
+from .rotary import apply_rotary, rotary_cos_sin
 
 
 class MoDBlock(nn.Module):
@@ -154,6 +154,7 @@ def mod_cache_step(cache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch
     if positions.numel() and int(positions.min()) < 0:
         raise ValueError("flashstream.mod_cache_step: positions hold padding (-1): every row must keep the same "
                          "number of tokens to be stored in the cache (route rows with equal group layouts)")
-    q = apply_rotary(q, positions, cache.rope_theta, cache.rope_style)
-    k = apply_rotary(k, positions, cache.rope_theta, cache.rope_style)
+    tables = rotary_cos_sin(positions, q.shape[-1], cache.rope_theta)  # once for q and k
+    q = apply_rotary(q, positions, cache.rope_theta, cache.rope_style, cos_sin=tables)
+    k = apply_rotary(k, positions, cache.rope_theta, cache.rope_style, cos_sin=tables)
     return cache.step(layer, q, k, v, **step_kwargs)

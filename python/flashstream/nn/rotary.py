@@ -13,14 +13,24 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["apply_rotary"]
+__all__ = ["apply_rotary", "rotary_cos_sin"]
 
 
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float, style: str = "half") -> torch.Tensor:
+def rotary_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``(cos, sin)`` of shape ``[B, T, 1, dim/2]`` for ``positions [B, T]``: compute once,
+    rotate q and k with them (:func:`apply_rotary`'s ``cos_sin``)."""
+    inv_freq = float(theta) ** (-2.0 * torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / dim)
+    angle = positions.to(torch.float64)[..., None, None] * inv_freq
+    return angle.cos().float(), angle.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float, style: str = "half", *,
+                 cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Rotates ``x [B, T, H, D]`` (D even) at ``positions [B, T]`` (integer, >= 0).
 
     ``style="half"`` pairs feature f with f + D/2 (GPT-NeoX / Llama, as ``LlamaDecoder`` and
-    ``SinkCache(rope_style="half")``); ``"interleaved"`` pairs 2f with 2f + 1. Returns x's dtype.
+    ``SinkCache(rope_style="half")``); ``"interleaved"`` pairs 2f with 2f + 1. ``cos_sin``: the
+    tables of :func:`rotary_cos_sin` for these positions, if already computed. Returns x's dtype.
     """
     if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(f"flashstream.apply_rotary: x must be [B, T, H, D] with D even, got {list(x.shape)}")
@@ -32,9 +42,7 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, theta: float, style: 
     if style not in ("half", "interleaved"):
         raise ValueError(f"flashstream.apply_rotary: style must be 'half' or 'interleaved', got {style!r}")
     D = x.shape[-1]
-    inv_freq = float(theta) ** (-2.0 * torch.arange(D // 2, dtype=torch.float64, device=x.device) / D)
-    angle = positions.to(torch.float64)[..., None, None] * inv_freq  # [B, T, 1, D/2]
-    cos, sin = angle.cos().float(), angle.sin().float()
+    cos, sin = rotary_cos_sin(positions, D, theta) if cos_sin is None else cos_sin
     xf = x.float()
     if style == "half":
         a, b = xf[..., : D // 2], xf[..., D // 2:]
