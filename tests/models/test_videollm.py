@@ -316,6 +316,24 @@ def test_stream_replies_enter_the_cache(threshold):
     assert state.cache.stored_tokens(0).item() == state.cache.position
 
 
+def test_answer_equals_offline_continuation():
+    """A query between frames and its greedy answer: each answer token is the argmax of the
+    offline forward over [frames, query, answer so far]."""
+    _, mod = models(seed=12)
+    frames, q = clip(F=2, seed=12), prompt(P=4, seed=12)
+    state = mod.new_state(max_frames=2, prompt_tokens=4, reply_tokens=LIVE.max_reply_tokens)
+    mod.prefill_frames(state, frames)
+    ans = mod.answer(state, q)
+    assert ans.shape[1] == LIVE.max_reply_tokens or ans[0, -1].item() == LIVE.eos_token_id
+    embeds, frame_ids, routable, _ = sequence(mod, frames, q[:, :0])
+    te, ti, tr = mod._text_chunk(torch.cat([q, ans], 1))
+    offline = mod.new_state(max_frames=2, prompt_tokens=4 + ans.shape[1])
+    h = mod.hidden(torch.cat([embeds, te], 1), offline, torch.cat([frame_ids, ti], 1), torch.cat([routable, tr], 1))
+    greedy = mod.llm.logits(h).argmax(-1)[0, embeds.shape[1] + 3:-1]
+    assert torch.equal(greedy, ans[0])
+    assert state.cache.position == offline.cache.position
+
+
 def test_input_errors():
     llm = tiny_llm()
     with pytest.raises(ValueError, match="VideoLLMMoD: capacity"):

@@ -203,6 +203,12 @@ class VideoLLMOnline(nn.Module):
         return torch.cat(out, 1)
 
     @torch.no_grad()
+    def answer(self, state: VideoStreamState, query_ids: torch.Tensor) -> torch.Tensor:
+        """A user query ``[B, T]`` arriving between frames (the paper inserts it before the first
+        frame later than its time): fed into the cache, then answered greedily (:meth:`reply`)."""
+        return self.reply(state, self.prefill_text(state, query_ids).argmax(-1))
+
+    @torch.no_grad()
     def stream(self, frames: torch.Tensor, state: VideoStreamState, *, respond: bool = True):
         """Feeds ``frames [F, H, W, 3]`` (one stream) one at a time; yields a :class:`FrameDecision`
         per frame (with ``respond=False`` it only reports the decision and never replies)."""
