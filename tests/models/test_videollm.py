@@ -334,6 +334,19 @@ def test_answer_equals_offline_continuation():
     assert state.cache.position == offline.cache.position
 
 
+@pytest.mark.parametrize("kind", ["online", "mod"])
+def test_overflow_raises_before_writing(kind):
+    dense, mod = models(seed=13)
+    model = dense if kind == "online" else mod
+    state = model.new_state(max_frames=2)
+    model.prefill_frames(state, clip(F=2, seed=13))
+    before = [state.cache.stored_tokens(i).clone() for i in range(CFG.num_layers)]
+    with pytest.raises(ValueError, match="LayerCaches: cache .* would hold"):
+        model.prefill_frames(state, clip(F=1, seed=14))
+    assert all(torch.equal(state.cache.stored_tokens(i), before[i]) for i in range(CFG.num_layers))
+    assert state.cache.position == model.max_tokens(2) and state.frames == 2
+
+
 def test_input_errors():
     llm = tiny_llm()
     with pytest.raises(ValueError, match="VideoLLMMoD: capacity"):

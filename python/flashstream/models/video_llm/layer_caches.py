@@ -48,6 +48,7 @@ class LayerCaches:
         self.dtype, self.device = first.dtype, first.device
         self.num_layers = len(self.layer_map)
         self.position = 0
+        self.fed = {name: 0 for name in self.caches}  # tokens appended per stream to each cache's layers
 
     def cache_for(self, layer: int) -> tuple[SinkCache, int]:
         """The SinkCache holding decoder layer ``layer``, and the layer's index inside it."""
@@ -58,8 +59,23 @@ class LayerCaches:
         cache, local = self.cache_for(layer)
         return cache.step(local, q, k, v, *args, **kwargs)
 
-    def advance(self, tokens: int) -> None:
+    def check_room(self, tokens: dict[str, int]) -> None:
+        """Raises, before anything is written, if appending ``tokens[name]`` tokens per stream to
+        cache ``name`` would overflow a pool sized by ``max_tokens`` (a model calls this before
+        its first layer, so an overflowing chunk leaves every layer as it was)."""
+        for name, n in tokens.items():
+            c = self.caches[name]
+            if c.max_tokens is not None and self.fed[name] + n > c.max_tokens:
+                raise ValueError(f"flashstream.LayerCaches: cache {name!r} would hold {self.fed[name] + n} tokens per "
+                                 f"stream, but its pool holds {c.max_tokens}; nothing was written (size the state "
+                                 "for more frames, prompt or reply tokens)")
+
+    def advance(self, tokens: int, per_cache: dict[str, int] | None = None) -> None:
+        """The model fed ``tokens`` tokens; cache ``name`` stored ``per_cache[name]`` of them per
+        stream (default: all)."""
         self.position += int(tokens)
+        for name in self.fed:
+            self.fed[name] += int((per_cache or {}).get(name, tokens))
 
     def stored_tokens(self, layer: int) -> torch.Tensor:
         """int64 ``[B]``: tokens whose K/V this layer holds per stream (its length, capped by the
@@ -82,3 +98,4 @@ class LayerCaches:
         for c in self.caches.values():
             c.reset()
         self.position = 0
+        self.fed = {name: 0 for name in self.caches}

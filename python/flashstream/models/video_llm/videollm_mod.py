@@ -114,6 +114,22 @@ class VideoLLMMoD(VideoLLMOnline):
                 layer_map[i] = ("mod", j)
         return VideoStreamState(LayerCaches(caches, layer_map))
 
+    def _tokens_stored(self, cache, frame_ids, routable):
+        """The MoD cache stores every text token and keep_count(capacity, n) of each frame's n
+        vision tokens (counted on the host from the chunk's layout; the most over the rows)."""
+        stored = super()._tokens_stored(cache, frame_ids, routable)
+        if "mod" in stored:
+            kept = 0
+            for ids, rout in zip(frame_ids.cpu().tolist(), routable.cpu().tolist()):
+                frames: dict[int, int] = {}
+                for f, r in zip(ids, rout):
+                    if r:
+                        frames[f] = frames.get(f, 0) + 1
+                row = sum(not r for r in rout) + sum(keep_count(self.capacity, n) for n in frames.values())
+                kept = max(kept, row)
+            stored["mod"] = kept
+        return stored
+
     def _layer(self, i, x, cache, frame_ids, routable, positions):
         block = self.mod_blocks[str(i)] if i in self.mod_layers else None
         if block is None:

@@ -126,12 +126,18 @@ class VideoLLMOnline(nn.Module):
         (vision tokens): unused by the dense model, the routing groups of VideoLLM-MoD."""
         cache = state.cache
         B, T, _ = embeds.shape
+        stored = self._tokens_stored(cache, frame_ids, routable)
+        cache.check_room(stored)  # an overflowing chunk raises before any layer writes
         positions = (cache.position + torch.arange(T, device=embeds.device)).expand(B, T)
         x = embeds
         for i in range(len(self.llm.layers)):
             x = self._layer(i, x, cache, frame_ids, routable, positions)
-        cache.advance(T)
+        cache.advance(T, stored)
         return self.llm.norm(x)
+
+    def _tokens_stored(self, cache: LayerCaches, frame_ids: torch.Tensor, routable: torch.Tensor) -> dict[str, int]:
+        """Tokens of the chunk each cache stores per stream (the dense model: all of them)."""
+        return {name: frame_ids.shape[1] for name in cache.caches}
 
     def _text_chunk(self, ids: torch.Tensor):
         B, T = ids.shape
