@@ -7,6 +7,7 @@ from torch import nn
 
 from ..ops.mod import (mod_gather, mod_gather_rmsnorm, mod_route, mod_scatter, mod_scatter_, mod_scatter_output,
                        mod_scatter_output_)
+from .rotary import apply_rotary, rotary_cos_sin
 
 
 class MoDBlock(nn.Module):
@@ -32,8 +33,12 @@ class MoDBlock(nn.Module):
     ``positions`` is None; padding slots (rows that keep fewer than K tokens) hold -1 and zero
     rows, and their outputs are discarded. A block that mixes tokens (attention) must mask them,
     e.g. keys with ``pos < 0``. The block only ever sees the kept tokens, so a block that keeps a
-    KV cache stores keys and values for them alone (the sink-cache integration of issue K1 is not
-    built yet).
+    KV cache stores keys and values for them alone.
+
+    With a :class:`~flashstream.cache.SinkCache`: the block's attention calls
+    :func:`mod_cache_step` (below) with the positions it is given. Skipped tokens then write no
+    KV at that layer, and kept tokens are rotated at their original stream positions (the cache's
+    own rotary modes would number them by slot, i.e. renumber them).
 
     Args:
         block: the residual branch, called as above.
@@ -116,3 +121,40 @@ class MoDBlock(nn.Module):
     def extra_repr(self) -> str:
         return (f"capacity={self.capacity}, weighted={self.weighted}, fused_norm={self.norm is not None}, "
                 f"positions_kwarg={self.positions_kwarg!r}, returns_output={self.returns_output}, inplace={self.inplace}")
+
+
+def mod_cache_step(cache, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                   **step_kwargs) -> torch.Tensor:
+    """Attention of a MoD layer's kept tokens over a :class:`~flashstream.cache.SinkCache`.
+
+    ``q [B, K, Hq, D]``, ``k, v [B, K, Hkv, D]`` are the kept tokens' projections *before*
+    rotary, ``positions [B, K]`` their original stream positions (what :class:`MoDBlock` passes).
+    q and k are rotated here at those positions (with the cache's ``rope_theta`` and
+    ``rope_style``), then ``cache.step`` attends and appends the **rotated** keys; the cache must
+    therefore be built with ``positions="none"``. So only kept tokens are stored (skipped ones
+    write nothing at this layer) and every stored key carries its own stream position, however
+    many tokens were skipped before it; causality among kept tokens follows from their stream
+    order (MoD indices are ascending).
+
+    Layouts: ``window=None`` keeps every kept token (VideoLLM-online's append-only cache). With
+    ``sink``/``window`` the cache keeps the first ``sink`` and the last ``window`` *kept* tokens of
+    this layer (the window counts stored tokens, not stream tokens); since keys hold their
+    absolute rotation, this is "absolute"-position attention, not StreamingLLM's cache ranks.
+
+    Every row must keep exactly K tokens: a padding slot (position -1, from rows that keep fewer
+    tokens) would be stored as a token, so it raises instead (the check reads ``positions`` on the
+    host: one device sync per call on a GPU).
+    """
+    if getattr(cache, "positions", None) != "none":
+        raise ValueError("flashstream.mod_cache_step: the cache must be built with positions='none' (keys are "
+                         f"stored after rotary at the tokens' stream positions), got {getattr(cache, 'positions', None)!r}")
+    if positions.shape != q.shape[:2] or positions.shape != k.shape[:2]:
+        raise ValueError(f"flashstream.mod_cache_step: positions must be [B, K] = {list(k.shape[:2])}, "
+                         f"got {list(positions.shape)}")
+    if positions.numel() and int(positions.min()) < 0:
+        raise ValueError("flashstream.mod_cache_step: positions hold padding (-1): every row must keep the same "
+                         "number of tokens to be stored in the cache (route rows with equal group layouts)")
+    tables = rotary_cos_sin(positions, q.shape[-1], cache.rope_theta)  # once for q and k
+    q = apply_rotary(q, positions, cache.rope_theta, cache.rope_style, cos_sin=tables)
+    k = apply_rotary(k, positions, cache.rope_theta, cache.rope_style, cos_sin=tables)
+    return cache.step(layer, q, k, v, **step_kwargs)
