@@ -83,3 +83,19 @@ def test_smollm2_logits_match_transformers(smollm2_model):
     cache.reset()
     chunked = run_chunks(model, cache, ids, [1, 5, 64, 31, 27])
     assert (chunked - ref).abs().max().item() < 1e-3
+
+
+def test_overflowing_chunk_raises_before_any_layer_writes():
+    # Full-head cache of 20 tokens: a chunk that would overflow must leave every layer untouched
+    # (the last layer's step would be the first to notice on its own).
+    model = tiny_model(5)
+    cache = model.new_cache(1, window=None, max_tokens=20, dtype=torch.float32)
+    ids = torch.randint(0, model.config.vocab_size, (1, 30))
+    model(ids[:, :15], cache)
+    before = [t.clone() for t in (*cache.k_pool, *cache.v_pool, cache.layer_lengths)]
+    with pytest.raises(ValueError, match="pool exhausted"):
+        model(ids[:, 15:25], cache)
+    after = [*cache.k_pool, *cache.v_pool, cache.layer_lengths]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    model(ids[:, 15:20], cache)  # exactly max_tokens: fine
+    assert cache.layer_lengths.tolist() == [[20]] * model.config.num_layers

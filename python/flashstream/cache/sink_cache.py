@@ -154,6 +154,20 @@ class SinkCache:
         """int64 ``[num_layers, B]``: tokens seen by each layer, per stream (the device state)."""
         return self._lengths
 
+    def check_room(self, tokens: int) -> None:
+        """Raises unless every layer can take a step of ``tokens`` more tokens per stream. A model
+        calls it before its first layer, so a chunk that would overflow a later layer's pool is
+        refused before any layer has written (each :meth:`step` checks its own layer as well)."""
+        for layer in range(self.num_layers):
+            self._check_room(layer, tokens, "check_room")
+
+    def _check_room(self, layer: int, tokens: int, caller: str) -> None:
+        if self.window is None or self._any_full[layer]:
+            longest = max(self._host_lengths[layer]) + tokens
+            if longest > self.max_tokens:
+                raise ValueError(f"flashstream.SinkCache.{caller}: pool exhausted: layer {layer} would hold {longest} "
+                                 f"tokens in a full head (max_tokens={self.max_tokens}); nothing was written")
+
     def memory_bytes(self) -> int:
         """Device bytes the cache owns: pools, page tables, lengths, full-head masks (and the small
         LSE buffer of each step shape used with ``step(out=...)``). Independent of stream length."""
@@ -192,12 +206,8 @@ class SinkCache:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"flashstream.SinkCache.step: layer must be in [0, {self.num_layers}), got {layer}")
         T = k.shape[1] if k.dim() == 4 else 0
+        self._check_room(layer, T, "step")
         host = self._host_lengths[layer]
-        if self.window is None or self._any_full[layer]:
-            longest = max(host) + T
-            if longest > self.max_tokens:
-                raise ValueError(f"flashstream.SinkCache.step: pool exhausted: layer {layer} would hold {longest} "
-                                 f"tokens in a full head (max_tokens={self.max_tokens}); nothing was written")
         # The kernels take dense [B, T, H, D]; slices of a longer sequence are copied once here.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         kw = dict(sink=self.sink, window=self.window, full_heads=self.full_heads[layer])

@@ -108,7 +108,9 @@ class LlamaDecoder(nn.Module):
                          dtype=dtype or param.dtype, device=device or param.device)
 
     def hidden(self, ids: torch.Tensor, cache: SinkCache) -> torch.Tensor:
-        """Final-norm hidden states ``[B, T, hidden]`` of the chunk ``ids``; advances the cache."""
+        """Final-norm hidden states ``[B, T, hidden]`` of the chunk ``ids``; advances the cache. A
+        chunk that would overflow the cache raises before any layer writes."""
+        cache.check_room(ids.shape[1])
         x = self.embed(ids)
         for i, block in enumerate(self.layers):
             x = block(x, cache, i)
