@@ -1,0 +1,80 @@
+// Sink KV cache, CUDA compaction: one block per (stream, kv head). The kept rows move down in
+// ordered tiles of R rows: the block reads a whole tile (k and v) into shared memory, syncs, then
+// writes it. Tile t writes slots [tR, tR + R) and every later tile reads slots keep[j] >= j >=
+// (t+1)R, so no read ever sees a slot already overwritten (compact.h). Rows move as 16-, 4- or
+// 2-byte words. Torch-free launcher.
+//
+// No host sync: indices are not validated here (the CPU binding does; see csrc/cuda). An index
+// that is negative or beyond the page table is skipped, so nothing is read or written outside the
+// pool; unsorted or duplicate indices give unspecified slot contents, never an out-of-bounds access.
+#pragma once
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "flashstream/sink/compact.h"
+
+namespace flashstream::sink::cuda {
+
+inline constexpr int kCompactThreads = 256;
+inline constexpr int64_t kCompactSmemBytes = 32 * 1024;  // k and v staging together
+
+// Rows per tile for rows of row_bytes: as many as fit the staging buffer, 1..64.
+FS_HOST_DEVICE FS_INLINE int64_t compact_tile_rows(int64_t row_bytes) {
+  const int64_t r = kCompactSmemBytes / (2 * row_bytes);
+  return r < 1 ? 1 : (r > 64 ? 64 : r);
+}
+
+template <typename Word>
+__global__ void __launch_bounds__(kCompactThreads) compact_kernel(const CompactArgs a, int64_t tile_rows) {
+  extern __shared__ __align__(16) unsigned char compact_smem[];
+  const int64_t b = blockIdx.x / a.Hkv, h = blockIdx.x % a.Hkv;
+  const int64_t words = a.D * a.elem_bytes / int64_t(sizeof(Word));  // per row
+  const int64_t elems_per_word = int64_t(sizeof(Word)) / a.elem_bytes;
+  Word* ks = reinterpret_cast<Word*>(compact_smem);
+  Word* vs = ks + tile_rows * words;
+  Word* kp = static_cast<Word*>(a.k_pool);
+  Word* vp = static_cast<Word*>(a.v_pool);
+  for (int64_t j0 = 0; j0 < a.n; j0 += tile_rows) {
+    const int64_t rows = a.n - j0 < tile_rows ? a.n - j0 : tile_rows;
+    for (int64_t i = threadIdx.x; i < rows * words; i += kCompactThreads) {
+      const int64_t r = i / words, w = i % words;
+      const int64_t off = compact_slot_offset(a, b, h, keep_at(a, b, h, j0 + r));
+      if (off < 0) continue;
+      ks[r * words + w] = kp[off / elems_per_word + w];
+      vs[r * words + w] = vp[off / elems_per_word + w];
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < rows * words; i += kCompactThreads) {
+      const int64_t r = i / words, w = i % words;
+      const int64_t src = compact_slot_offset(a, b, h, keep_at(a, b, h, j0 + r));
+      const int64_t dst = compact_slot_offset(a, b, h, j0 + r);
+      if (src < 0 || dst < 0 || src == dst) continue;
+      kp[dst / elems_per_word + w] = ks[r * words + w];
+      vp[dst / elems_per_word + w] = vs[r * words + w];
+    }
+    __syncthreads();
+  }
+  // lengths is read by no block, so the first head's block sets it.
+  if (h == 0 && threadIdx.x == 0) a.lengths[b] = a.n;
+}
+
+template <typename Word>
+cudaError_t launch_compact_words(const CompactArgs& a, cudaStream_t stream) {
+  const int64_t row_bytes = a.D * a.elem_bytes, tile = compact_tile_rows(row_bytes);
+  const size_t smem = size_t(2 * tile * row_bytes);
+  compact_kernel<Word><<<unsigned(a.B * a.Hkv), kCompactThreads, smem, stream>>>(a, tile);
+  return cudaGetLastError();
+}
+
+// Rows of D * elem_bytes bytes start at multiples of that size from a pool torch aligned to 16+
+// bytes, so the widest word dividing the row size is aligned.
+inline cudaError_t launch_compact(const CompactArgs& a, cudaStream_t stream) {
+  if (a.B == 0 || a.Hkv == 0) return cudaSuccess;
+  const int64_t row_bytes = a.D * a.elem_bytes;
+  if (row_bytes % 16 == 0) return launch_compact_words<uint4>(a, stream);
+  if (row_bytes % 4 == 0) return launch_compact_words<uint32_t>(a, stream);
+  return launch_compact_words<uint16_t>(a, stream);
+}
+
+}  // namespace flashstream::sink::cuda
