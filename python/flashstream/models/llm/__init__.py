@@ -3,5 +3,7 @@
 from .duo_attention import DuoAttention
 from .llama import LlamaConfig, LlamaDecoder, RMSNorm
 from .streaming_llm import StreamingLLM
+from .sirllm import SirLLM
 
-__all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM"]
+__all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM",
+           "SirLLM"]
