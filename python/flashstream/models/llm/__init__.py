@@ -4,6 +4,7 @@ from .duo_attention import DuoAttention
 from .llama import LlamaConfig, LlamaDecoder, RMSNorm
 from .streaming_llm import StreamingLLM
 from .sirllm import SirLLM
+from .scm import MonitorStream, StreamingContentMonitor
 
 __all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM",
-           "SirLLM"]
+           "SirLLM", "StreamingContentMonitor", "MonitorStream"]
