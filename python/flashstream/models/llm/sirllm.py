@@ -168,6 +168,7 @@ class SirLLM:
         return torch.cat(out, 1)
 
     def memory_bytes(self) -> int:
-        """Device bytes of the cache and the per-slot positions and entropies (constant)."""
-        return (self.cache.memory_bytes() + self.positions.numel() * self.positions.element_size()
-                + self.entropy.numel() * self.entropy.element_size())
+        """Device bytes of the cache, the per-slot positions and entropies, and the last logits row
+        per stream (constant once the first step has run)."""
+        extra = [self.positions, self.entropy] + ([self._last_logits] if self._last_logits is not None else [])
+        return self.cache.memory_bytes() + sum(t.numel() * t.element_size() for t in extra)
