@@ -4,8 +4,10 @@ a compacted full-layout cache attends exactly like a cache that only ever held t
 
 import random
 
+import hypothesis.strategies as st
 import pytest
 import torch
+from hypothesis import given, settings
 
 from flashstream.cache import SinkCache
 from flashstream.ops import sink_attention_offline, sink_cache_compact
@@ -51,6 +53,27 @@ def test_matches_reference(device, seed):
     sink_cache_compact(kp, vp, table, lengths, keep)
     for got, exp in zip((kp, vp, lengths), want):
         assert torch.equal(got, exp)  # a move: bit-exact
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_fuzz_against_reference(data):
+    """Hypothesis over shapes, dtypes, page tables, lengths per stream and kept sets (CPU)."""
+    B, Hkv = data.draw(st.integers(1, 3), "B"), data.draw(st.integers(1, 3), "Hkv")
+    D = data.draw(st.integers(1, 40), "D")
+    page_size, pph = data.draw(st.integers(1, 8), "page_size"), data.draw(st.integers(1, 5), "pph")
+    cap = page_size * pph
+    lengths = data.draw(st.lists(st.integers(0, cap), min_size=B, max_size=B), "lengths")
+    n = data.draw(st.integers(0, min(lengths)), "n")
+    rng = random.Random(data.draw(st.integers(0, 2**31 - 1), "seed"))
+    kp, vp, table, lens = random_cache(rng, B, Hkv, D, page_size, pph, data.draw(st.sampled_from(DTYPES), "dtype"),
+                                       "cpu", lengths)
+    keep = torch.cat([random_keep(rng, [L], Hkv, n, torch.int64, "cpu") for L in lengths])
+    keep = keep.to(data.draw(st.sampled_from([torch.int32, torch.int64]), "index dtype"))
+    want = sink_cache_compact_reference(kp, vp, table, lens, keep)
+    sink_cache_compact(kp, vp, table, lens, keep)
+    for got, exp in zip((kp, vp, lens), want):
+        assert torch.equal(got, exp)
 
 
 def test_every_cpu_isa(cpu_isa):
