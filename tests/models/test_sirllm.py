@@ -132,3 +132,17 @@ def test_bad_arguments():
     sir = SirLLM(model, sink=1, window=2, key_tokens=1, max_step=3, dtype=torch.float32)
     with pytest.raises(ValueError, match="SirLLM.step: ids must be"):
         sir.step(torch.zeros(1, 4, dtype=torch.int64))
+
+
+
+def test_smollm2_keeps_the_highest_entropy_tokens(smollm2_model):
+    """Real weights: the key tokens SirLLM keeps are the top tokens by SmolLM2's own token entropy
+    (a few chunked steps; the StreamingLLM equivalence is covered on tiny models above)."""
+    model, tok = smollm2_model
+    ids = torch.tensor([tok.encode("The secret code is 7319. The weather is nice and the sky is blue today.")])
+    S, sink, window = ids.shape[1], 2, 6
+    sir = SirLLM(model, sink=sink, window=window, key_tokens=4, max_step=8)
+    logits = torch.cat([lg for _, lg in sir.stream(ids, 8)], 1)
+    want = reference_kept(reference_entropy(logits, ids)[0], S, sink=sink, window=window, key_tokens=4, decay=1.0)
+    assert sir.kept_positions[0].tolist() == want
+    assert len(want) == sink + window + 4 < S
