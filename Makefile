@@ -59,6 +59,7 @@ bench: build
 	$(PYTHON) bench/bench_causal_conv.py --device cpu
 	$(PYTHON) bench/bench_mod.py --device cpu
 	$(PYTHON) bench/bench_sink_attention.py --device cpu
+	$(PYTHON) bench/bench_sink_compact.py --device cpu
 	$(PYTHON) bench/bench_llm.py --device cpu
 	$(PYTHON) bench/bench_videollm.py --device cpu --threads 1
 

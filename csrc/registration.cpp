@@ -47,4 +47,10 @@ TORCH_LIBRARY(flashstream, m) {
   // with the EMA-sink fold when ema_alpha is given), every token of full heads; lengths += T.
   m.def("sink_cache_append(Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, "
         "Tensor(c!) lengths, Tensor? full_heads, int sink, int window, float? ema_alpha) -> ()");
+
+  // ---- K1: token-granular retention (python/flashstream/ops/sink_compact.py) ----
+  // Moves the kept slots keep [B, Hkv, n] (strictly ascending) of each (stream, kv head) to slots
+  // [0, n) in order, in place; lengths = n. For full-layout caches (slot = rank): SirLLM.
+  m.def("sink_cache_compact(Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, Tensor(c!) lengths, "
+        "Tensor keep) -> ()");
 }

@@ -3,5 +3,10 @@
 from .duo_attention import DuoAttention
 from .llama import LlamaConfig, LlamaDecoder, RMSNorm
 from .streaming_llm import StreamingLLM
+from .sirllm import SirLLM
+from .scm import MonitorStream, StreamingContentMonitor
+from .gpe import GroupPositionStream
 
-__all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM"]
+__all__ = ["DuoAttention", "LlamaConfig", "LlamaDecoder", "RMSNorm", "StreamingLLM",
+           "SirLLM", "StreamingContentMonitor", "MonitorStream",
+           "GroupPositionStream"]
