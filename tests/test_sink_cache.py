@@ -394,3 +394,20 @@ def test_attention_out_op(device):
     with pytest.raises(ValueError, match="must not overlap"):
         torch.ops.flashstream.sink_attention_out.default(*args, q, lse)
     torch.library.opcheck(torch.ops.flashstream.sink_attention_out.default, args + (out, lse))
+
+
+def test_append_without_attending_equals_step(device):
+    # append() stores exactly what step() stores, so later queries see the same cache
+    a = SinkCache(1, 1, 2, 16, sink=2, window=5, page_size=4, dtype=torch.float32, device=device)
+    b = SinkCache(1, 1, 2, 16, sink=2, window=5, page_size=4, dtype=torch.float32, device=device)
+    q, k, v = rand_qkv(1, 12, 2, 2, 16, torch.float32, device)
+    a.step(0, q[:, :9], k[:, :9], v[:, :9])
+    b.append(0, k[:, :9], v[:, :9])
+    torch.testing.assert_close(a.step(0, q[:, 9:], k[:, 9:], v[:, 9:]), b.step(0, q[:, 9:], k[:, 9:], v[:, 9:]),
+                               rtol=0, atol=0)
+
+
+def test_compact_needs_a_rank_slot_cache(device):
+    cache = SinkCache(1, 1, 1, 16, sink=2, window=5, dtype=torch.float32, device=device)
+    with pytest.raises(ValueError, match="window=None"):
+        cache.compact(0, torch.zeros(1, 1, 1, dtype=torch.int64, device=device))

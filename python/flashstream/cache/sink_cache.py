@@ -64,6 +64,7 @@ from collections.abc import Sequence
 import torch
 
 from ..ops.sink import sink_cache_append, sink_cache_attend
+from ..ops.sink_compact import sink_cache_compact
 
 __all__ = ["SinkCache"]
 
@@ -227,3 +228,29 @@ class SinkCache:
         for b in range(self.batch_size):
             host[b] += T
         return out
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Appends k, v ``[B, T, Hkv, D]`` (pre-rotary) to this layer without attending: tokens
+        that later queries must see but that ask nothing themselves. Same retention and checks as
+        :meth:`step`."""
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"flashstream.SinkCache.append: layer must be in [0, {self.num_layers}), got {layer}")
+        T = k.shape[1] if k.dim() == 4 else 0
+        self._check_room(layer, T, "append")
+        sink_cache_append(k.contiguous(), v.contiguous(), self.k_pool[layer], self.v_pool[layer],
+                          self.page_table[layer], self._lengths[layer], sink=self.sink, window=self.window,
+                          full_heads=self.full_heads[layer], ema_alpha=self.ema_alpha)
+        self._host_lengths[layer] = [n + T for n in self._host_lengths[layer]]
+
+    def compact(self, layer: int, keep: torch.Tensor) -> None:
+        """Keeps only slots ``keep [B, Hkv, n]`` (strictly ascending) of this layer, moved to the
+        front in order (:func:`flashstream.ops.sink_cache_compact`); every stream then holds n
+        tokens. Only for caches whose slot is the token's rank (``window=None``): with
+        ``positions="cache"`` the kept keys then sit at cache positions ``0..n-1`` (SirLLM)."""
+        if self.window is not None:
+            raise ValueError("flashstream.SinkCache.compact: needs a cache built with window=None (slot = rank), "
+                             f"got window={self.window}")
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"flashstream.SinkCache.compact: layer must be in [0, {self.num_layers}), got {layer}")
+        sink_cache_compact(self.k_pool[layer], self.v_pool[layer], self.page_table[layer], self._lengths[layer], keep)
+        self._host_lengths[layer] = [int(keep.shape[-1])] * self.batch_size

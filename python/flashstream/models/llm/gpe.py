@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 
 from ...cache import SinkCache
-from ...ops.sink import sink_cache_append
 from .llama import LlamaDecoder
 
 __all__ = ["GroupPositionStream", "group_position_ids", "rotate_half"]
@@ -116,10 +115,7 @@ class GroupPositionStream:
             else:
                 out = self.source.step(layer, q, k, v)
                 # The joint cache learns the source tokens without attending for them.
-                j = self.joint
-                sink_cache_append(k.contiguous(), v.contiguous(), j.k_pool[layer], j.v_pool[layer],
-                                  j.page_table[layer], j.layer_lengths[layer], sink=0, window=None)
-                j._host_lengths[layer] = [n + T for n in j._host_lengths[layer]]
+                self.joint.append(layer, k, v)
             x = x + attn.o_proj(out.to(x.dtype).reshape(B, T, attn.hq * attn.d))
             x = x + block.mlp(block.post_attn_norm(x))
         return model.logits(model.norm(x))

@@ -34,7 +34,6 @@ import math
 
 import torch
 
-from ...ops.sink_compact import sink_cache_compact
 from .llama import LlamaDecoder
 
 __all__ = ["SirLLM", "token_entropy"]
@@ -141,9 +140,7 @@ class SirLLM:
         n = keep.shape[1]
         heads = keep[:, None].expand(-1, self.cache.num_kv_heads, -1).contiguous()
         for layer in range(self.cache.num_layers):
-            sink_cache_compact(self.cache.k_pool[layer], self.cache.v_pool[layer], self.cache.page_table[layer],
-                               self.cache.layer_lengths[layer], heads)
-            self.cache._host_lengths[layer] = [n] * self.batch_size
+            self.cache.compact(layer, heads)
         for state in (self.positions, self.entropy):
             state[:, :n] = state.gather(1, keep)
         self.n = n
