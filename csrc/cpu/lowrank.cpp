@@ -34,10 +34,33 @@ int64_t task_rows(const LowrankCpuKernels& k, int64_t M, int64_t l2_rows) {
   return std::max<int64_t>(k.row_block(), std::min(l2_rows, per_thread));
 }
 
-void run_linear(const LowrankCpuKernels& k, DType dt, lowrank::LinearProblem p, const lowrank::EpilogueArgs& e) {
+// bf16 factors as k-pair panels for the AVX512-BF16 path.
+at::Tensor pack_pairs(const LowrankCpuKernels& k, lowrank::Strided src, int64_t K, int64_t N, const at::TensorOptions& opts) {
+  at::Tensor out = at::empty({k.packed_pairs(K, N)}, opts.dtype(at::kBFloat16));
+  const int64_t panels = lowrank::ceil_div(N, k.panel_width());
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.mutable_data_ptr());
+  at::parallel_for(0, panels, 1, [&](int64_t b, int64_t e) { k.pack_pairs(src, K, N, o, b, e); });
+  return out;
+}
+
+// lowrank_linear with p.a / p.b as given: packs them for the chosen path, then the row tiles.
+void run_linear(const LowrankCpuKernels& k, DType dt, lowrank::LinearProblem p, const lowrank::EpilogueArgs& e,
+                const at::TensorOptions& opts) {
   if (p.M == 0 || p.N == 0) return;
   p.tile_rows = task_rows(k, p.M, k.linear_tile_rows(p.r));
   const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
+  if (dt == DType::bf16 && k.has_bf16_dot()) {
+    const at::Tensor ap = pack_pairs(k, p.a, p.K, p.r, opts);
+    const at::Tensor bp = pack_pairs(k, p.b, p.r, p.N, opts);
+    const auto* a16 = reinterpret_cast<const uint16_t*>(ap.const_data_ptr());
+    const auto* b16 = reinterpret_cast<const uint16_t*>(bp.const_data_ptr());
+    at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) { k.linear_bf16(p, a16, b16, e, b, en); });
+    return;
+  }
+  const at::Tensor ap = pack(k, dt, p.a, p.K, p.r, opts);
+  const at::Tensor bp = pack(k, dt, p.b, p.r, p.N, opts);
+  p.a_packed = ap.const_data_ptr<float>();
+  p.b_packed = bp.const_data_ptr<float>();
   at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) { k.linear(dt, p, e, b, en); });
 }
 
@@ -50,16 +73,12 @@ at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at
   if (a.p.M == 0 || a.p.N == 0) return y;
   const auto& k = kernels();
   const DType dt = lowrank_dtype(x);
-  const at::Tensor ap = pack(k, dt, a.p.a, a.p.K, a.p.r, x.options());
-  const at::Tensor bp = pack(k, dt, a.p.b, a.p.r, a.p.N, x.options());
-  a.p.a_packed = ap.const_data_ptr<float>();
-  a.p.b_packed = bp.const_data_ptr<float>();
   lowrank::EpilogueArgs e;
   e.out = y.mutable_data_ptr();
   e.ldo = a.p.N;
   e.bias = a.bias ? a.bias->const_data_ptr() : nullptr;
   e.act = a.act;
-  run_linear(k, dt, a.p, e);
+  run_linear(k, dt, a.p, e, x.options());
   return y;
 }
 
@@ -82,11 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
     });
   };
   auto activation_grad = [&](at::Tensor& G) {
-    const at::Tensor ap = pack(k, dt, a.p.a, a.p.K, a.p.r, x.options());
-    const at::Tensor bp = pack(k, dt, a.p.b, a.p.r, a.p.N, x.options());
-    lowrank::LinearProblem p = a.p;
-    p.a_packed = ap.const_data_ptr<float>();
-    p.b_packed = bp.const_data_ptr<float>();
+    const lowrank::LinearProblem& p = a.p;
     lowrank::EpilogueArgs e;
     e.out = G.mutable_data_ptr();
     e.ldo = p.N;
@@ -95,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
     e.mode = lowrank::EpilogueMode::activation_grad;
     e.grad = gy.const_data_ptr();
     e.ldg = p.N;
-    run_linear(k, dt, p, e);
+    run_linear(k, dt, p, e, x.options());
   };
   return lowrank_linear_backward_with(a, x, A, B, gy, gemm, activation_grad);
 }

@@ -59,6 +59,27 @@ void ffn(DType dt, const lr::FfnProblem& p, void* y, int64_t tb, int64_t te) {
   });
 }
 
+#if defined(FS_BF16_TARGET)
+bool has_bf16_dot() { return lc::has_bf16_dot(); }
+int64_t packed_pairs(int64_t K, int64_t N) { return lc::packed_pairs_u16(K, N); }
+void pack_pairs(lr::Strided src, int64_t K, int64_t N, uint16_t* out, int64_t pb, int64_t pe) {
+  lc::pack_panels_bf16(src, K, N, out, pb, pe);
+}
+void linear_bf16(const lr::LinearProblem& p, const uint16_t* ap, const uint16_t* bp, const lr::EpilogueArgs& e,
+                 int64_t tb, int64_t te) {
+  if (e.out_f32) {
+    lc::linear_tiles_bf16<float>(p, ap, bp, typed<float, bf16_t>(e), tb, te);
+  } else {
+    lc::linear_tiles_bf16<bf16_t>(p, ap, bp, typed<bf16_t, bf16_t>(e), tb, te);
+  }
+}
+#else
+bool has_bf16_dot() { return false; }
+int64_t packed_pairs(int64_t, int64_t) { return 0; }
+void pack_pairs(lr::Strided, int64_t, int64_t, uint16_t*, int64_t, int64_t) {}
+void linear_bf16(const lr::LinearProblem&, const uint16_t*, const uint16_t*, const lr::EpilogueArgs&, int64_t, int64_t) {}
+#endif
+
 int64_t gemm_tile_rows(int64_t N) { return lc::tile_rows(lr::round_up(N, lc::kNR)); }
 
 void gemm(DType dt, bool left_f32, lr::Strided left, int64_t M, int64_t K, const float* packed, int64_t N,
@@ -82,7 +103,8 @@ void gemm(DType dt, bool left_f32, lr::Strided left, int64_t M, int64_t K, const
 
 const LowrankCpuKernels& lowrank_kernels() {
   static const LowrankCpuKernels table{&packed_floats, &panel_width, &pack, &row_block, &linear_tile_rows, &linear,
-                                       &ffn_tile_rows, &ffn, &gemm_tile_rows, &gemm};
+                                       &ffn_tile_rows, &ffn, &has_bf16_dot, &packed_pairs, &pack_pairs, &linear_bf16,
+                                       &gemm_tile_rows, &gemm};
   return table;
 }
 

@@ -22,6 +22,13 @@ struct LowrankCpuKernels {
                  int64_t tile_end);
   int64_t (*ffn_tile_rows)(const lowrank::FfnProblem& p);
   void (*ffn)(DType dtype, const lowrank::FfnProblem& p, void* y, int64_t tile_begin, int64_t tile_end);
+  // bf16 lowrank_linear on AVX512-BF16 dot products, where compiled in and the CPU has them:
+  // factors packed as k-pair panels (uint16 payloads), then the same tiles as `linear`.
+  bool (*has_bf16_dot)();
+  int64_t (*packed_pairs)(int64_t K, int64_t N);
+  void (*pack_pairs)(lowrank::Strided src, int64_t K, int64_t N, uint16_t* out, int64_t panel_begin, int64_t panel_end);
+  void (*linear_bf16)(const lowrank::LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
+                      const lowrank::EpilogueArgs& e, int64_t tile_begin, int64_t tile_end);
   int64_t (*gemm_tile_rows)(int64_t N);
   // out = epilogue(left [M, K] @ packed [K, N]) over row tiles; left is fp32 (left_f32) or dtype.
   void (*gemm)(DType dtype, bool left_f32, lowrank::Strided left, int64_t M, int64_t K, const float* packed,

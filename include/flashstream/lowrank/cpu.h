@@ -289,6 +289,124 @@ void linear_tiles(const LinearProblem& p, const Epilogue<TO, T>& e, int64_t tile
   }
 }
 
+// ---- bf16 x bf16 -> fp32 dot products (AVX512-BF16), lowrank_linear's bf16 path ------------------
+// vdpbf16ps does 32 bf16 products per instruction (twice the fp32 FMA rate). Only functions
+// marked FS_BF16_TARGET use it, so the avx512 build still runs on AVX-512 CPUs without BF16; the
+// caller checks has_bf16_dot() first. Right-hand panels hold k pairs interleaved per column
+// (packed[((panel * K2 + kp) * kNR + j) * 2 + h] = op(2 kp + h, panel * kNR + j), K2 = ceil(K/2),
+// zero past the end); left rows are bf16 with an even number of columns. The rank-space T is
+// rounded to bf16 before the second product, as the unfused bf16 chain rounds x @ A.
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define FS_BF16_TARGET __attribute__((target("avx512bf16,avx512vl,avx512bw,avx512dq,avx512f")))
+inline constexpr bool kBf16DotCompiled = true;
+
+inline bool has_bf16_dot() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+}
+
+inline int64_t packed_pairs_u16(int64_t K, int64_t N) { return round_up(N, kNR) * round_up(K, 2); }
+
+inline void pack_panels_bf16(Strided src, int64_t K, int64_t N, uint16_t* out, int64_t panel_begin, int64_t panel_end) {
+  const bf16_t* s = static_cast<const bf16_t*>(src.ptr);
+  const int64_t K2 = ceil_div(K, 2);
+  for (int64_t p = panel_begin; p < panel_end; ++p) {
+    const int64_t n0 = p * kNR;
+    const int64_t nc = N - n0 < kNR ? N - n0 : kNR;
+    uint16_t* dst = out + p * K2 * kNR * 2;
+    for (int64_t kp = 0; kp < K2; ++kp) {
+      uint16_t* row = dst + kp * kNR * 2;
+      for (int64_t j = 0; j < kNR; ++j)
+        for (int h = 0; h < 2; ++h) {
+          const int64_t k = 2 * kp + h;
+          row[j * 2 + h] = (j < nc && k < K) ? s[src.offset(k, n0 + j)].bits : uint16_t(0);
+        }
+    }
+  }
+}
+
+// acc = left rows (bf16, stride lda elements) . packed pairs, over kp_count k pairs.
+FS_BF16_TARGET FS_INLINE void microkernel_bf16(const uint16_t* __restrict a, int64_t lda, const uint16_t* __restrict bp,
+                                               int64_t kp_count, vf (&acc)[kMR][kNV]) {
+  __m512 c[kMR][kNV];
+  for (int i = 0; i < kMR; ++i)
+    for (int v = 0; v < kNV; ++v) c[i][v] = _mm512_setzero_ps();
+  for (int64_t kp = 0; kp < kp_count; ++kp) {
+    __m512bh b[kNV];
+    for (int v = 0; v < kNV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(bp + (kp * kNR + v * kL) * 2);
+    for (int i = 0; i < kMR; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, a + i * lda + 2 * kp, 4);
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < kNV; ++v) c[i][v] = _mm512_dpbf16_ps(c[i][v], ai, b[v]);
+    }
+  }
+  for (int i = 0; i < kMR; ++i)
+    for (int v = 0; v < kNV; ++v) acc[i][v] = (vf)c[i][v];
+}
+
+template <typename Sink>
+FS_BF16_TARGET FS_INLINE void block_product_bf16(const uint16_t* a, int64_t lda, int64_t mt, int64_t kp_count,
+                                                 const uint16_t* bp, int64_t bstride, int64_t N, Sink&& sink) {
+  vf acc[kMR][kNV];
+  for (int64_t p = 0; p * kNR < N; ++p) {
+    for (int64_t i0 = 0; i0 < mt; i0 += kMR) {
+      microkernel_bf16(a + i0 * lda, lda, bp + p * bstride, kp_count, acc);
+      sink(i0, p * kNR, acc);
+    }
+  }
+}
+
+// rows [m0, m0 + mt) x cols [k0, k0 + kc) of bf16 `src` -> buf (row stride ld, even), zero-padded to
+// an even column count and to round_up(mt, kMR) rows.
+inline void pack_rows_bf16(Strided src, int64_t m0, int64_t mt, int64_t k0, int64_t kc, uint16_t* buf, int64_t ld) {
+  const bf16_t* s = static_cast<const bf16_t*>(src.ptr);
+  const int64_t kc2 = round_up(kc, 2);
+  for (int64_t i = 0; i < mt; ++i) {
+    uint16_t* row = buf + i * ld;
+    if (src.cs == 1) {
+      std::memcpy(row, s + (m0 + i) * src.rs + k0, kc * sizeof(uint16_t));
+    } else {
+      for (int64_t k = 0; k < kc; ++k) row[k] = s[src.offset(m0 + i, k0 + k)].bits;
+    }
+    if (kc2 > kc) row[kc] = 0;
+  }
+  for (int64_t i = mt; i < round_up(mt, kMR); ++i) std::memset(buf + i * ld, 0, kc2 * sizeof(uint16_t));
+}
+
+template <typename TO>
+FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
+                                      const Epilogue<TO, bf16_t>& e, int64_t tile_begin, int64_t tile_end) {
+  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : tile_rows(round_up(p.r, kNR));
+  const int64_t ldt = round_up(p.r, kNR);
+  const int64_t ldt16 = round_up(p.r, 2);
+  const int64_t r2 = ceil_div(p.r, 2);
+  Scratch abuf(mt_max * kKc / 2 + 16), tbuf(mt_max * ldt), t16(mt_max * ldt16 / 2 + 16);
+  uint16_t* a16 = reinterpret_cast<uint16_t*>(abuf.p);
+  uint16_t* tb16 = reinterpret_cast<uint16_t*>(t16.p);
+  const int64_t K2 = ceil_div(p.K, 2);
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t m0 = t * mt_max;
+    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
+    for (int64_t k0 = 0; k0 < p.K; k0 += kKc) {  // T = x A (fp32 accumulators across k blocks)
+      const int64_t kc = p.K - k0 < kKc ? p.K - k0 : kKc;
+      pack_rows_bf16(p.x, m0, mt, k0, kc, a16, kKc);
+      block_product_bf16(a16, kKc, mt, ceil_div(kc, 2), a_pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, p.r,
+                         AccumulateSink{tbuf.p, ldt, k0 == 0});
+    }
+    if (p.K == 0) std::memset(tbuf.p, 0, mt_max * ldt * sizeof(float));
+    for (int64_t i = 0; i < round_up(mt, kMR); ++i) {  // T -> bf16 (round to nearest even)
+      const float* src = tbuf.p + i * ldt;
+      uint16_t* dst = tb16 + i * ldt16;
+      for (int64_t j = 0; j < ldt16; ++j) dst[j] = j < p.r ? from_float<bf16_t>(src[j]).bits : uint16_t(0);
+    }
+    block_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
+  }
+}
+#else
+inline constexpr bool kBf16DotCompiled = false;
+#endif
+
 // ---- lowrank_ffn / lowrank_gated_ffn (FfnProblem in params.h) -------------------------------------
 // The [Mt, d_ff] hidden exists only kFfnTileCols columns at a time; its product with A2 is
 // accumulated in rank space (S [Mt, r2], fp32) tile by tile, then S B2 gives the output rows.
