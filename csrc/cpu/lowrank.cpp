@@ -123,6 +123,21 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
   if (p.M == 0 || p.N == 0) return y;
   const auto& k = kernels();
   const DType dt = lowrank_dtype(x);
+  p.tile_rows = task_rows(k, p.M, k.ffn_tile_rows(p));
+  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
+  void* out = y.mutable_data_ptr();
+  if (dt == DType::bf16 && k.has_bf16_dot()) {
+    const at::Tensor packs[6] = {
+        pack_pairs(k, p.a1, p.K, p.r1, x.options()), pack_pairs(k, p.b1, p.r1, p.d_ff, x.options()),
+        pack_pairs(k, p.a2, p.d_ff, p.r2, x.options()), pack_pairs(k, p.b2, p.r2, p.N, x.options()),
+        p.gated ? pack_pairs(k, p.au, p.K, p.r1u, x.options()) : at::Tensor(),
+        p.gated ? pack_pairs(k, p.bu, p.r1u, p.d_ff, x.options()) : at::Tensor()};
+    const uint16_t* pairs[6];
+    for (int i = 0; i < 6; ++i)
+      pairs[i] = packs[i].defined() ? reinterpret_cast<const uint16_t*>(packs[i].const_data_ptr()) : nullptr;
+    at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) { k.ffn_bf16(p, pairs, out, b, e); });
+    return y;
+  }
   const at::Tensor a1 = pack(k, dt, p.a1, p.K, p.r1, x.options());
   const at::Tensor b1 = pack(k, dt, p.b1, p.r1, p.d_ff, x.options());
   const at::Tensor a2 = pack(k, dt, p.a2, p.d_ff, p.r2, x.options());
@@ -138,9 +153,6 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
     p.aup = au.const_data_ptr<float>();
     p.bup = bu.const_data_ptr<float>();
   }
-  p.tile_rows = task_rows(k, p.M, k.ffn_tile_rows(p));
-  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
-  void* out = y.mutable_data_ptr();
   at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) { k.ffn(dt, p, out, b, e); });
   return y;
 }

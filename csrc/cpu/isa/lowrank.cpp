@@ -73,7 +73,12 @@ void linear_bf16(const lr::LinearProblem& p, const uint16_t* ap, const uint16_t*
     lc::linear_tiles_bf16<bf16_t>(p, ap, bp, typed<bf16_t, bf16_t>(e), tb, te);
   }
 }
+void ffn_bf16(const lr::FfnProblem& p, const uint16_t* const* pairs, void* y, int64_t tb, int64_t te) {
+  const lc::FfnPairs f{pairs[0], pairs[1], pairs[2], pairs[3], pairs[4], pairs[5]};
+  lc::ffn_tiles_bf16(p, f, static_cast<bf16_t*>(y), tb, te);
+}
 #else
+void ffn_bf16(const lr::FfnProblem&, const uint16_t* const*, void*, int64_t, int64_t) {}
 bool has_bf16_dot() { return false; }
 int64_t packed_pairs(int64_t, int64_t) { return 0; }
 void pack_pairs(lr::Strided, int64_t, int64_t, uint16_t*, int64_t, int64_t) {}
@@ -104,7 +109,7 @@ void gemm(DType dt, bool left_f32, lr::Strided left, int64_t M, int64_t K, const
 const LowrankCpuKernels& lowrank_kernels() {
   static const LowrankCpuKernels table{&packed_floats, &panel_width, &pack, &row_block, &linear_tile_rows, &linear,
                                        &ffn_tile_rows, &ffn, &has_bf16_dot, &packed_pairs, &pack_pairs, &linear_bf16,
-                                       &gemm_tile_rows, &gemm};
+                                       &ffn_bf16, &gemm_tile_rows, &gemm};
   return table;
 }
 

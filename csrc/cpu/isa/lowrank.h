@@ -29,6 +29,9 @@ struct LowrankCpuKernels {
   void (*pack_pairs)(lowrank::Strided src, int64_t K, int64_t N, uint16_t* out, int64_t panel_begin, int64_t panel_end);
   void (*linear_bf16)(const lowrank::LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
                       const lowrank::EpilogueArgs& e, int64_t tile_begin, int64_t tile_end);
+  // ffn over k-pair panels: pairs = {A1, B1, A2, B2, A_up, B_up} (the last two gated only)
+  void (*ffn_bf16)(const lowrank::FfnProblem& p, const uint16_t* const* pairs, void* y, int64_t tile_begin,
+                   int64_t tile_end);
   int64_t (*gemm_tile_rows)(int64_t N);
   // out = epilogue(left [M, K] @ packed [K, N]) over row tiles; left is fp32 (left_f32) or dtype.
   void (*gemm)(DType dtype, bool left_f32, lowrank::Strided left, int64_t M, int64_t K, const float* packed,

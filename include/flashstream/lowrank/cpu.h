@@ -289,6 +289,60 @@ void linear_tiles(const LinearProblem& p, const Epilogue<TO, T>& e, int64_t tile
   }
 }
 
+// ---- lowrank_ffn / lowrank_gated_ffn (FfnProblem in params.h) -------------------------------------
+// The [Mt, d_ff] hidden exists only kFfnTileCols columns at a time; its product with A2 is
+// accumulated in rank space (S [Mt, r2], fp32) tile by tile, then S B2 gives the output rows.
+inline int64_t ffn_tile_rows(const FfnProblem& p) {
+  const int64_t width = round_up(p.r1, kNR) + round_up(p.r2, kNR) + kFfnTileCols +
+                        (p.gated ? round_up(p.r1u, kNR) + kFfnTileCols : 0);
+  return tile_rows(width);
+}
+
+template <typename T>
+void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) {
+  const T* b1 = static_cast<const T*>(p.bias1);
+  const T* b2 = static_cast<const T*>(p.bias2);
+  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : ffn_tile_rows(p);
+  const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
+  const int64_t ldh = kFfnTileCols;
+  Scratch abuf(mt_max * kKc), pbuf(mt_max * ld1), sbuf(mt_max * ld2), hbuf(mt_max * ldh);
+  Scratch ubuf(p.gated ? mt_max * ldu : 0), hubuf(p.gated ? mt_max * ldh : 0);
+  std::memset(hbuf.p, 0, mt_max * ldh * sizeof(float));  // rows past mt are read, never stored
+  if (p.gated) std::memset(hubuf.p, 0, mt_max * ldh * sizeof(float));
+  for (int64_t t = tile_begin; t < tile_end; ++t) {
+    const int64_t m0 = t * mt_max;
+    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
+    rows_times_packed<T>(p.x, m0, mt, p.K, p.a1p, p.r1, pbuf.p, ld1, abuf.p);
+    if (p.gated) rows_times_packed<T>(p.x, m0, mt, p.K, p.aup, p.r1u, ubuf.p, ldu, abuf.p);
+    for (int64_t d0 = 0; d0 < p.d_ff; d0 += kFfnTileCols) {
+      const int64_t dc = p.d_ff - d0 < kFfnTileCols ? p.d_ff - d0 : kFfnTileCols;
+      const int64_t first_panel = d0 / kNR;
+      if (!p.gated) {
+        const Epilogue<float, T> he{hbuf.p, ldh, b1 ? b1 + d0 : nullptr, p.act};
+        block_product(pbuf.p, ld1, mt, p.r1, p.b1p + first_panel * p.r1 * kNR, p.r1 * kNR, dc,
+                      EpilogueSink<float, T>{he, 0, mt, dc});
+      } else {
+        const Epilogue<float, T> gate{hbuf.p, ldh}, up{hubuf.p, ldh};
+        block_product(pbuf.p, ld1, mt, p.r1, p.b1p + first_panel * p.r1 * kNR, p.r1 * kNR, dc,
+                      EpilogueSink<float, T>{gate, 0, mt, dc});
+        block_product(ubuf.p, ldu, mt, p.r1u, p.bup + first_panel * p.r1u * kNR, p.r1u * kNR, dc,
+                      EpilogueSink<float, T>{up, 0, mt, dc});
+        for (int64_t i = 0; i < mt; ++i) {
+          float* g = hbuf.p + i * ldh;
+          const float* u = hubuf.p + i * ldh;
+          for (int64_t j = 0; j < round_up(dc, kL); j += kL)
+            simd::store(g + j, activate(p.act, simd::load(g + j)) * simd::load(u + j));
+        }
+      }
+      // S (+)= H[:, :dc] A2[d0:d0+dc, :]
+      block_product(hbuf.p, ldh, mt, dc, p.a2p + d0 * kNR, p.d_ff * kNR, p.r2, AccumulateSink{sbuf.p, ld2, d0 == 0});
+    }
+    if (p.d_ff == 0) std::memset(sbuf.p, 0, mt_max * ld2 * sizeof(float));
+    const Epilogue<T, T> ye{y, p.N, p.gated ? nullptr : b2};
+    block_product(sbuf.p, ld2, mt, p.r2, p.b2p, p.r2 * kNR, p.N, EpilogueSink<T, T>{ye, m0, mt, p.N});
+  }
+}
+
 // ---- bf16 x bf16 -> fp32 dot products (AVX512-BF16), lowrank_linear's bf16 path ------------------
 // vdpbf16ps does 32 bf16 products per instruction (twice the fp32 FMA rate). Only functions
 // marked FS_BF16_TARGET use it, so the avx512 build still runs on AVX-512 CPUs without BF16; the
@@ -403,48 +457,78 @@ FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_
     block_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
   }
 }
-#else
-inline constexpr bool kBf16DotCompiled = false;
-#endif
 
-// ---- lowrank_ffn / lowrank_gated_ffn (FfnProblem in params.h) -------------------------------------
-// The [Mt, d_ff] hidden exists only kFfnTileCols columns at a time; its product with A2 is
-// accumulated in rank space (S [Mt, r2], fp32) tile by tile, then S B2 gives the output rows.
-inline int64_t ffn_tile_rows(const FfnProblem& p) {
-  const int64_t width = round_up(p.r1, kNR) + round_up(p.r2, kNR) + kFfnTileCols +
-                        (p.gated ? round_up(p.r1u, kNR) + kFfnTileCols : 0);
-  return tile_rows(width);
+// fp32 rows (stride ld) -> bf16 rows (stride ld16, even), rounded to nearest even, zero past cols.
+inline void round_rows_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst, int64_t ld16) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* s = src + i * ld;
+    uint16_t* d = dst + i * ld16;
+    int64_t j = 0;
+    for (; j + kL <= cols; j += kL) simd::store(reinterpret_cast<bf16_t*>(d + j), simd::load(s + j));
+    for (; j < ld16; ++j) d[j] = j < cols ? from_float<bf16_t>(s[j]).bits : uint16_t(0);
+  }
 }
 
-template <typename T>
-void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) {
-  const T* b1 = static_cast<const T*>(p.bias1);
-  const T* b2 = static_cast<const T*>(p.bias2);
+// lowrank_ffn / lowrank_gated_ffn in bf16 on dot products: as ffn_tiles, with every left operand
+// (P, the hidden tile H, S) rounded to bf16 before its product, as the unfused bf16 chain rounds
+// each intermediate. Factors come as k-pair panels: a1 (K x r1), b1 (r1 x d_ff), a2 (d_ff x r2),
+// b2 (r2 x N), au, bu (gated).
+struct FfnPairs {
+  const uint16_t *a1, *b1, *a2, *b2, *au, *bu;
+};
+
+// out (fp32, ld) = left[m0:m0+mt, :K] (bf16) @ pairs (K x n); x16 holds round_up(mt, kMR) x kKc.
+FS_BF16_TARGET inline void rows_times_pairs(Strided left, int64_t m0, int64_t mt, int64_t K, const uint16_t* pairs,
+                                            int64_t n, float* out, int64_t ld, uint16_t* x16, int64_t rows_pad) {
+  const int64_t K2 = ceil_div(K, 2);
+  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
+    const int64_t kc = K - k0 < kKc ? K - k0 : kKc;
+    pack_rows_bf16(left, m0, mt, k0, kc, x16, kKc);
+    block_product_bf16(x16, kKc, mt, ceil_div(kc, 2), pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, n,
+                       AccumulateSink{out, ld, k0 == 0});
+  }
+  if (K == 0) std::memset(out, 0, rows_pad * ld * sizeof(float));
+}
+
+FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f, bf16_t* y, int64_t tile_begin,
+                                          int64_t tile_end) {
   const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : ffn_tile_rows(p);
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
-  Scratch abuf(mt_max * kKc), pbuf(mt_max * ld1), sbuf(mt_max * ld2), hbuf(mt_max * ldh);
-  Scratch ubuf(p.gated ? mt_max * ldu : 0), hubuf(p.gated ? mt_max * ldh : 0);
-  std::memset(hbuf.p, 0, mt_max * ldh * sizeof(float));  // rows past mt are read, never stored
+  const int64_t r1p = ceil_div(p.r1, 2), r2p = ceil_div(p.r2, 2), rup = ceil_div(p.r1u, 2);
+  const int64_t dff2 = ceil_div(p.d_ff, 2);
+  // fp32 accumulators and their bf16 roundings (uint16 halves of float-sized scratch)
+  Scratch x16(mt_max * kKc / 2 + 16), pbuf(mt_max * ld1), p16(mt_max * ld1 / 2 + 16), sbuf(mt_max * ld2),
+      s16(mt_max * ld2 / 2 + 16), hbuf(mt_max * ldh), h16(mt_max * ldh / 2 + 16);
+  Scratch ubuf(p.gated ? mt_max * ldu : 0), u16(p.gated ? mt_max * ldu / 2 + 16 : 0), hubuf(p.gated ? mt_max * ldh : 0);
+  auto u16p = [](Scratch& s) { return reinterpret_cast<uint16_t*>(s.p); };
+  std::memset(hbuf.p, 0, mt_max * ldh * sizeof(float));
+  std::memset(h16.p, 0, (mt_max * ldh / 2 + 16) * sizeof(float));
   if (p.gated) std::memset(hubuf.p, 0, mt_max * ldh * sizeof(float));
+  const int64_t rows_pad = round_up(mt_max, kMR);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
     const int64_t m0 = t * mt_max;
     const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
-    rows_times_packed<T>(p.x, m0, mt, p.K, p.a1p, p.r1, pbuf.p, ld1, abuf.p);
-    if (p.gated) rows_times_packed<T>(p.x, m0, mt, p.K, p.aup, p.r1u, ubuf.p, ldu, abuf.p);
+    const int64_t rows = round_up(mt, kMR);
+    rows_times_pairs(p.x, m0, mt, p.K, f.a1, p.r1, pbuf.p, ld1, u16p(x16), rows_pad);
+    round_rows_bf16(pbuf.p, ld1, rows, p.r1, u16p(p16), 2 * r1p);
+    if (p.gated) {
+      rows_times_pairs(p.x, m0, mt, p.K, f.au, p.r1u, ubuf.p, ldu, u16p(x16), rows_pad);
+      round_rows_bf16(ubuf.p, ldu, rows, p.r1u, u16p(u16), 2 * rup);
+    }
     for (int64_t d0 = 0; d0 < p.d_ff; d0 += kFfnTileCols) {
       const int64_t dc = p.d_ff - d0 < kFfnTileCols ? p.d_ff - d0 : kFfnTileCols;
       const int64_t first_panel = d0 / kNR;
       if (!p.gated) {
-        const Epilogue<float, T> he{hbuf.p, ldh, b1 ? b1 + d0 : nullptr, p.act};
-        block_product(pbuf.p, ld1, mt, p.r1, p.b1p + first_panel * p.r1 * kNR, p.r1 * kNR, dc,
-                      EpilogueSink<float, T>{he, 0, mt, dc});
+        const Epilogue<float, bf16_t> he{hbuf.p, ldh, static_cast<const bf16_t*>(p.bias1) ? static_cast<const bf16_t*>(p.bias1) + d0 : nullptr, p.act};
+        block_product_bf16(u16p(p16), 2 * r1p, mt, r1p, f.b1 + first_panel * r1p * kNR * 2, r1p * kNR * 2, dc,
+                           EpilogueSink<float, bf16_t>{he, 0, mt, dc});
       } else {
-        const Epilogue<float, T> gate{hbuf.p, ldh}, up{hubuf.p, ldh};
-        block_product(pbuf.p, ld1, mt, p.r1, p.b1p + first_panel * p.r1 * kNR, p.r1 * kNR, dc,
-                      EpilogueSink<float, T>{gate, 0, mt, dc});
-        block_product(ubuf.p, ldu, mt, p.r1u, p.bup + first_panel * p.r1u * kNR, p.r1u * kNR, dc,
-                      EpilogueSink<float, T>{up, 0, mt, dc});
+        const Epilogue<float, bf16_t> gate{hbuf.p, ldh}, up{hubuf.p, ldh};
+        block_product_bf16(u16p(p16), 2 * r1p, mt, r1p, f.b1 + first_panel * r1p * kNR * 2, r1p * kNR * 2, dc,
+                           EpilogueSink<float, bf16_t>{gate, 0, mt, dc});
+        block_product_bf16(u16p(u16), 2 * rup, mt, rup, f.bu + first_panel * rup * kNR * 2, rup * kNR * 2, dc,
+                           EpilogueSink<float, bf16_t>{up, 0, mt, dc});
         for (int64_t i = 0; i < mt; ++i) {
           float* g = hbuf.p + i * ldh;
           const float* u = hubuf.p + i * ldh;
@@ -452,14 +536,20 @@ void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) 
             simd::store(g + j, activate(p.act, simd::load(g + j)) * simd::load(u + j));
         }
       }
+      round_rows_bf16(hbuf.p, ldh, mt, dc, u16p(h16), ldh);  // columns >= dc are zero
       // S (+)= H[:, :dc] A2[d0:d0+dc, :]
-      block_product(hbuf.p, ldh, mt, dc, p.a2p + d0 * kNR, p.d_ff * kNR, p.r2, AccumulateSink{sbuf.p, ld2, d0 == 0});
+      block_product_bf16(u16p(h16), ldh, mt, ceil_div(dc, 2), f.a2 + (d0 / 2) * kNR * 2, dff2 * kNR * 2, p.r2,
+                         AccumulateSink{sbuf.p, ld2, d0 == 0});
     }
-    if (p.d_ff == 0) std::memset(sbuf.p, 0, mt_max * ld2 * sizeof(float));
-    const Epilogue<T, T> ye{y, p.N, p.gated ? nullptr : b2};
-    block_product(sbuf.p, ld2, mt, p.r2, p.b2p, p.r2 * kNR, p.N, EpilogueSink<T, T>{ye, m0, mt, p.N});
+    if (p.d_ff == 0) std::memset(sbuf.p, 0, rows_pad * ld2 * sizeof(float));
+    round_rows_bf16(sbuf.p, ld2, rows, p.r2, u16p(s16), 2 * r2p);
+    const Epilogue<bf16_t, bf16_t> ye{y, p.N, p.gated ? nullptr : static_cast<const bf16_t*>(p.bias2)};
+    block_product_bf16(u16p(s16), 2 * r2p, mt, r2p, f.b2, r2p * kNR * 2, p.N, EpilogueSink<bf16_t, bf16_t>{ye, m0, mt, p.N});
   }
 }
+#else
+inline constexpr bool kBf16DotCompiled = false;
+#endif
 
 // ---- generic product for the backward: out = epilogue(left @ packed), left any strides ------------
 template <typename TL, typename TO, typename T>
