@@ -26,8 +26,8 @@ the Llama-style gated FFN (SwiGLU with "silu", GeGLU with "gelu"), bias-free as 
 All three take float32, float16 or bfloat16 (every tensor the same dtype and device; factors
 with any strides) and accumulate in fp32; intermediates stay fp32 (the unfused chain in
 bf16/fp16 rounds them to bf16/fp16, so results agree to that dtype's precision), except
-bfloat16 ``lowrank_linear`` on CPUs with AVX512-BF16, which multiplies with bf16 dot products and
-rounds the rank-space intermediate to bf16 first, as the unfused chain does. "gelu" is the
+bfloat16 on CPUs with AVX512-BF16: there every product is a bf16 dot product (fp32 accumulation)
+and each intermediate is rounded to bf16 first, as the unfused chain does. "gelu" is the
 exact erf GELU (``torch.nn.functional.gelu``), "silu" is ``x * sigmoid(x)``. The two FFN ops are
 inference only: they raise if a gradient is asked for.
 """
