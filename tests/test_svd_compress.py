@@ -128,3 +128,30 @@ def test_lowrank_linear_unfused_matches_factors(dtype):
 
 def test_package_attribute():
     assert flashstream.lowrank.svd_compress is svd_compress
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_lowrank_linear_fused_equals_unfused(dtype):
+    lin = nn.Linear(48, 40, dtype=dtype)
+    fused = LowRankLinear.from_linear(lin, 12, fused=True)
+    unfused = LowRankLinear.from_linear(lin, 12, fused=False)
+    x = torch.randn(2, 9, 48, dtype=dtype)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(fused(x), unfused(x), rtol=tol, atol=tol)
+
+
+def test_svd_compress_fused_model_matches_unfused():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+    x = torch.randn(4, 10, 32)
+    a = svd_compress(__import__("copy").deepcopy(model), rank=16, fused=True)
+    b = svd_compress(model, rank=16, fused=False)
+    assert all(m.fused for m in a.modules() if isinstance(m, LowRankLinear))
+    torch.testing.assert_close(a(x), b(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_rank_limit():
+    from flashstream.ops.lowrank import MAX_RANK
+    with pytest.raises(ValueError, match=f"takes rank <= {MAX_RANK}"):
+        LowRankLinear(MAX_RANK + 1, MAX_RANK + 1, MAX_RANK + 1, fused=True)
+    assert LowRankLinear(MAX_RANK + 1, MAX_RANK + 1, MAX_RANK + 1, fused=False).rank == MAX_RANK + 1

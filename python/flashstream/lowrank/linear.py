@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from flashstream.ops.lowrank import MAX_RANK, lowrank_linear
+
 __all__ = ["LowRankLinear", "truncated_svd"]
 
 
@@ -32,8 +34,8 @@ class LowRankLinear(nn.Module):
     """``y = x @ A @ B + bias`` with ``A [in_features, rank]``, ``B [rank, out_features]``.
 
     ``fused=True`` runs :func:`flashstream.ops.lowrank_linear` (one kernel; the ``[..., rank]``
-    intermediate stays on chip); ``fused=False`` runs the two plain matmuls, the "unfused SVD"
-    baseline (the intermediate goes through memory). Both compute the same function.
+    intermediate stays on chip; rank <= ``flashstream.ops.lowrank.MAX_RANK``); ``fused=False`` runs
+    the two plain matmuls, the "unfused SVD" baseline (the intermediate goes through memory). Both compute the same function.
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *, fused: bool = True,
@@ -42,6 +44,9 @@ class LowRankLinear(nn.Module):
         if not 1 <= rank <= min(in_features, out_features):
             raise ValueError(f"flashstream.lowrank.LowRankLinear: rank must be in [1, min(in_features, out_features) = "
                              f"{min(in_features, out_features)}], got {rank}")
+        if fused and rank > MAX_RANK:
+            raise ValueError(f"flashstream.lowrank.LowRankLinear: the fused kernel (flashstream.ops.lowrank_linear) "
+                             f"takes rank <= {MAX_RANK}, got {rank}; use fused=False for larger ranks")
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank, self.fused = in_features, out_features, rank, fused
         self.A = nn.Parameter(torch.empty(in_features, rank, **kw))
@@ -65,7 +70,6 @@ class LowRankLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            from flashstream.ops import lowrank_linear
             return lowrank_linear(x, self.A, self.B, self.bias)
         y = (x @ self.A) @ self.B
         return y + self.bias if self.bias is not None else y
