@@ -96,7 +96,7 @@ def main() -> None:
                     fused_fn = lambda: lowrank_attention(x, *fac, num_heads=H, key_padding_mask=mask)  # noqa: E731
                     unfused_fn = lambda: unfused(x, *fac, H, mask)  # noqa: E731
                     a, b = fused_fn(), unfused_fn()
-                    keep = ~mask[..., None]  # padded queries' rows are not compared (SDPA's differ by convention)
+                    keep = ~mask[..., None]  # compare real tokens' rows only (padded rows are discarded by models)
                     err = ((a.float() - b.float()).abs() * keep).max().item()
                     tol = 1e-3 if dtype == torch.float32 else 5e-2
                     if err > tol:
