@@ -63,6 +63,7 @@ bench: build
 	$(PYTHON) bench/bench_llm.py --device cpu
 	$(PYTHON) bench/bench_videollm.py --device cpu --threads 1
 	$(PYTHON) bench/bench_lowrank.py --device cpu
+	$(PYTHON) bench/bench_lowrank_attention.py --device cpu --threads 1 --quick
 
 # One call on a lent GPU machine: CUDA build, CUDA tests, every benchmark; results in $$OUT.
 gpu-check:

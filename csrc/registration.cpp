@@ -53,6 +53,13 @@ TORCH_LIBRARY(flashstream, m) {
   // [0, n) in order, in place; lengths = n. For full-layout caches (slot = rank): SirLLM.
   m.def("sink_cache_compact(Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, Tensor(c!) lengths, "
         "Tensor keep) -> ()");
+
+  // ---- K3: low-rank (FlashSVD) attention (python/flashstream/ops/lowrank_attention.py) ----
+  // Multi-head attention whose q, k, v are x A_z B_z + b_z, rebuilt tile by tile from the rank
+  // projections; key_padding_mask True = padding. Returns the per-head context [B, S, N].
+  m.def("lowrank_attention(Tensor x, Tensor Aq, Tensor Bq, Tensor? bq, Tensor Ak, Tensor Bk, Tensor? bk, "
+        "Tensor Av, Tensor Bv, Tensor? bv, int num_heads, bool causal=False, Tensor? key_padding_mask=None) -> Tensor");
+
   // ---- K3: fused low-rank matmul chains (python/flashstream/ops/lowrank.py) ----
   // y = act(x A B + bias); x [..., K], A [K, r], B [r, N], r <= 512; activation None, 'gelu', 'silu'.
   m.def("lowrank_linear(Tensor x, Tensor A, Tensor B, Tensor? bias=None, str? activation=None) -> Tensor");
