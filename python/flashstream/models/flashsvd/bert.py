@@ -191,7 +191,7 @@ class LowRankBertLayer(DenseBertLayer):
         ops = _require_fused_ops()
         q, k, v, o = self.q, self.k, self.v, self.attn_out
         ctx = ops.lowrank_attention(x, q.A, q.B, q.bias, k.A, k.B, k.bias, v.A, v.B, v.bias,
-                                    num_heads=self.heads, key_padding_mask=mask)
+                                    num_heads=self.heads, key_padding_mask=~mask)  # theirs: True = padding
         x = self.attn_norm(x + ops.lowrank_linear(ctx, o.A, o.B, o.bias))
         up, down = self.ffn_in, self.ffn_out
         h = ops.lowrank_ffn(x, up.A, up.B, up.bias, down.A, down.B, down.bias, activation="gelu")
