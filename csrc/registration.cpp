@@ -47,4 +47,10 @@ TORCH_LIBRARY(flashstream, m) {
   // with the EMA-sink fold when ema_alpha is given), every token of full heads; lengths += T.
   m.def("sink_cache_append(Tensor k, Tensor v, Tensor(a!) k_pool, Tensor(b!) v_pool, Tensor page_table, "
         "Tensor(c!) lengths, Tensor? full_heads, int sink, int window, float? ema_alpha) -> ()");
+
+  // ---- K3: low-rank (FlashSVD) attention (python/flashstream/ops/lowrank_attention.py) ----
+  // Multi-head attention whose q, k, v are x A_z B_z + b_z, rebuilt tile by tile from the rank
+  // projections; key_padding_mask True = padding. Returns the per-head context [B, S, N].
+  m.def("lowrank_attention(Tensor x, Tensor Aq, Tensor Bq, Tensor? bq, Tensor Ak, Tensor Bk, Tensor? bk, "
+        "Tensor Av, Tensor Bv, Tensor? bv, int num_heads, bool causal=False, Tensor? key_padding_mask=None) -> Tensor");
 }
