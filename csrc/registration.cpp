@@ -53,4 +53,16 @@ TORCH_LIBRARY(flashstream, m) {
   // projections; key_padding_mask True = padding. Returns the per-head context [B, S, N].
   m.def("lowrank_attention(Tensor x, Tensor Aq, Tensor Bq, Tensor? bq, Tensor Ak, Tensor Bk, Tensor? bk, "
         "Tensor Av, Tensor Bv, Tensor? bv, int num_heads, bool causal=False, Tensor? key_padding_mask=None) -> Tensor");
+
+  // ---- K3: fused low-rank matmul chains (python/flashstream/ops/lowrank.py) ----
+  // y = act(x A B + bias); x [..., K], A [K, r], B [r, N], r <= 512; activation None, 'gelu', 'silu'.
+  m.def("lowrank_linear(Tensor x, Tensor A, Tensor B, Tensor? bias=None, str? activation=None) -> Tensor");
+  m.def("lowrank_linear_backward(Tensor grad_y, Tensor x, Tensor A, Tensor B, Tensor? bias, str? activation) "
+        "-> (Tensor grad_x, Tensor grad_A, Tensor grad_B, Tensor grad_bias)");
+  // y = act(x A1 B1 + b1) A2 B2 + b2, the [M, d_ff] hidden never stored. Inference only.
+  m.def("lowrank_ffn(Tensor x, Tensor A1, Tensor B1, Tensor? b1, Tensor A2, Tensor B2, Tensor? b2, "
+        "str activation='gelu') -> Tensor");
+  // y = (act(x A_gate B_gate) * (x A_up B_up)) A_down B_down (SwiGLU: silu, GeGLU: gelu). Inference only.
+  m.def("lowrank_gated_ffn(Tensor x, Tensor A_gate, Tensor B_gate, Tensor A_up, Tensor B_up, Tensor A_down, "
+        "Tensor B_down, str activation='silu') -> Tensor");
 }

@@ -12,3 +12,7 @@ __all__ = ["causal_conv1d", "causal_conv1d_update", "fsq", "fsq_indices_to_codes
            "mod_scatter_output", "mod_scatter_output_",
            "sink_attention_offline", "sink_cache_attend", "sink_cache_append",
            "lowrank_attention"]
+
+from .lowrank import lowrank_ffn, lowrank_gated_ffn, lowrank_linear  # noqa: E402
+
+__all__ += ["lowrank_linear", "lowrank_ffn", "lowrank_gated_ffn"]
