@@ -83,7 +83,8 @@ class LowRankFactors(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(x, self.A), self.B) + self.bias
+        # Two nn.Linear-style GEMMs (bias fused into the second), as SVD-LLM/ASVD deploy factors.
+        return F.linear(F.linear(x, self.A.t()), self.B.t(), self.bias)
 
 
 def fused_ops_available() -> list[str]:
@@ -104,8 +105,9 @@ def _require_fused_ops():
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sentence-transformers' mean pooling: the average of ``hidden`` [B, S, D] over the tokens
     where ``mask`` [B, S] is True (padding excluded)."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+    m = mask.to(hidden.dtype)
+    # [B, 1, S] @ [B, S, D]: the masked sum without a masked copy of hidden.
+    return torch.bmm(m.unsqueeze(1), hidden).squeeze(1) / m.sum(1, keepdim=True).clamp_min(1e-9)
 
 
 def _sdpa_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -123,8 +125,10 @@ class _Embeddings(nn.Module):
 
     def forward(self, ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word(ids) + self.position(pos)
-        x = x + (self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids))
+        # In place on the fresh lookup (embedding's backward does not need its output): one
+        # [B, S, hidden] buffer instead of three.
+        x = self.word(ids).add_(self.position(pos))
+        x.add_(self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids))
         return self.norm(x)
 
 
@@ -190,12 +194,19 @@ class LowRankBertLayer(DenseBertLayer):
             return super().forward(x, mask)
         ops = _require_fused_ops()
         q, k, v, o = self.q, self.k, self.v, self.attn_out
+        # The glue is in place and drops each intermediate as soon as it is used, so that at most
+        # three [tokens, hidden] tensors are alive at once (the fused ops' point is the peak).
         ctx = ops.lowrank_attention(x, q.A, q.B, q.bias, k.A, k.B, k.bias, v.A, v.B, v.bias,
                                     num_heads=self.heads, key_padding_mask=~mask)  # theirs: True = padding
-        x = self.attn_norm(x + ops.lowrank_linear(ctx, o.A, o.B, o.bias))
+        h = ops.lowrank_linear(ctx, o.A, o.B, o.bias)
+        del ctx
+        y = self.attn_norm(h.add_(x))
+        del h
         up, down = self.ffn_in, self.ffn_out
-        h = ops.lowrank_ffn(x, up.A, up.B, up.bias, down.A, down.B, down.bias, activation="gelu")
-        return self.ffn_norm(x + h)
+        h = ops.lowrank_ffn(y, up.A, up.B, up.bias, down.A, down.B, down.bias, activation="gelu")
+        h.add_(y)
+        del y
+        return self.ffn_norm(h)
 
 
 # Hugging Face BertModel tensor names of one block -> ours.
