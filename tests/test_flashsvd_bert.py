@@ -54,7 +54,7 @@ def batch():
 def _random_batch(cfg, B=3, S=17, seed=1):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, cfg.vocab_size, (B, S), generator=gen)
-    lengths = torch.tensor([S, S // 2, 1][:B])
+    lengths = torch.tensor(([S, S // 2, 1] * B)[:B])
     mask = torch.arange(S)[None] < lengths[:, None]
     return ids.masked_fill(~mask, cfg.pad_token_id), mask
 
@@ -230,6 +230,21 @@ def test_fused_encoder_compiles_fullgraph(one_thread):
         eager = low.embed(ids, mask)
         compiled = torch.compile(low.embed, fullgraph=True, backend="aot_eager")(ids, mask)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+@needs_fused
+def test_fused_peak_activation_is_below_unfused(one_thread):
+    # Not a timing: the profiler's allocation bytes are deterministic. The unfused FFN holds
+    # [tokens, d_ff] twice (pre-activation and GELU), the fused one never.
+    cfg = BertConfig(vocab_size=97, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=512, max_position_embeddings=64)
+    low = BertEncoder.random(cfg, seed=11).compress(SVDRanks.uniform(16))
+    ids, mask = _random_batch(cfg, B=4, S=64)
+    with torch.no_grad():
+        unfused, _ = peak_activation_bytes(lambda: low.embed(ids, mask), "cpu")
+        low.mode = "fused"
+        fused, _ = peak_activation_bytes(lambda: low.embed(ids, mask), "cpu")
+    assert fused < unfused / 3, (fused, unfused)
 
 
 # ---- errors ----------------------------------------------------------------------------------------
