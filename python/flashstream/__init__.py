@@ -9,7 +9,8 @@ import torch  # noqa: F401  (libtorch must be loaded before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.flashstream.*)
 from . import cache, nn, ops
+from . import lowrank  # noqa: E402  (svd_compress, LowRankLinear)
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "cache", "__version__"]
+__all__ = ["ops", "nn", "cache", "lowrank", "__version__"]
