@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from flashstream.data import minilm
 from flashstream.models.flashsvd import BertConfig, BertEncoder, SVDRanks, mean_pool
-from flashstream.models.flashsvd.bert import fused_ops_available, svd_factors
+from flashstream.lowrank import truncated_svd
+from flashstream.models.flashsvd.bert import fused_ops_available
 from flashstream.models.flashsvd.peak_memory import peak_activation_bytes
 
 needs_minilm = pytest.mark.skipif(not minilm.minilm_available(), reason=f"needs '{minilm.MINILM_INSTALL}', "
@@ -130,14 +131,16 @@ def test_hf_name_mapping_covers_every_parameter():
 
 # ---- unfused SVD ------------------------------------------------------------------------------------
 
-def test_svd_factors_truncate_the_weight(one_thread):
-    w = torch.randn(48, 80, dtype=torch.float64)
-    a, b = svd_factors(w, 48)
-    torch.testing.assert_close((a @ b).t(), w, rtol=1e-5, atol=1e-5)  # full rank (fp32 SVD)
-    a, b = svd_factors(w, 10)
-    u, s, vh = torch.linalg.svd(w.t(), full_matrices=False)
-    torch.testing.assert_close(a @ b, (u[:, :10] * s[:10]) @ vh[:10], rtol=1e-5, atol=1e-5)
-    assert a.shape == (80, 10) and b.shape == (10, 48)
+def test_compress_from_the_svd_cache_equals_a_fresh_truncation(one_thread):
+    # compress(svd=model.svd()) slices full-rank factors; that must be the rank-r truncation itself.
+    dense = BertEncoder.random(TINY, seed=4)
+    ranks = SVDRanks(attn=5, attn_out=9, ffn=13)
+    cached, fresh = dense.compress(ranks, svd=dense.svd()), dense.compress(ranks)
+    for name, tensor in fresh.state_dict().items():
+        torch.testing.assert_close(cached.state_dict()[name], tensor, rtol=1e-6, atol=1e-6, msg=name)
+    a, b, _ = truncated_svd(dense.layers[1].ffn_in.weight, 13)
+    torch.testing.assert_close(fresh.layers[1].ffn_in.A, a)
+    torch.testing.assert_close(fresh.layers[1].ffn_in.B, b)
 
 
 def test_unfused_equals_dense_with_truncated_weights(one_thread):

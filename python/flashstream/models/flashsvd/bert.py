@@ -4,9 +4,9 @@ and mean-pooled sentence embeddings, with all-MiniLM-L6-v2's real weights.
 * **dense**: Hugging Face's ``BertModel`` computation (post-LN blocks, exact-erf GELU, absolute
   positions), attention through ``F.scaled_dot_product_attention``.
 * **unfused SVD** (FlashSVD's "vanilla SVD" baseline): every projection (Q, K, V, the attention
-  output, both FFN matrices) is replaced by its rank-r truncated SVD, ``W^T ~ A @ B`` with
-  ``A = U_r sqrt(S_r)`` [in, r] and ``B = sqrt(S_r) V_r^T`` [r, out], computed with plain
-  matmuls: the rank-space activations, Q/K/V and the FFN's d_ff hidden are all materialised.
+  output, both FFN matrices) is replaced by its rank-r truncated SVD (``flashstream.lowrank``:
+  ``W^T ~ A @ B``, ``A = U_r sqrt(S_r)`` [in, r], ``B = sqrt(S_r) V_r^T`` [r, out]), computed
+  as two GEMMs: the rank-space activations, Q/K/V and the FFN's d_ff hidden are all materialised.
 * **fused SVD**: the same factors through flashstream's fused low-rank ops, which keep those
   intermediates on chip: ``lowrank_attention`` (Q/K/V rebuilt from the factors inside
   attention), ``lowrank_linear`` (attention output projection) and ``lowrank_ffn`` (the whole FFN
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...data.minilm import BertConfig, read_config, read_weights
+from ...lowrank import LowRankLinear, truncated_svd
 
-__all__ = ["BertConfig", "SVDRanks", "LowRankFactors", "BertEncoder", "MODES", "mean_pool",
-           "svd_factors", "fused_ops_available"]
+__all__ = ["BertConfig", "SVDRanks", "BertEncoder", "MODES", "mean_pool", "fused_ops_available"]
 
 MODES = ("dense", "unfused", "fused")
 
@@ -59,32 +59,10 @@ class SVDRanks:
                                  f"hidden {cfg.hidden_size} / d_ff {cfg.intermediate_size}, got {r!r}")
 
 
-def svd_factors(weight: torch.Tensor, rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated SVD of an ``nn.Linear`` weight [out, in]: ``(A [in, r], B [r, out])`` with
-    ``x @ A @ B ~ x @ weight.T`` (all min(in, out) components when ``rank`` is None; slicing
-    ``A[:, :r]``, ``B[:r]`` of that gives rank r exactly). The singular values are split evenly
-    (sqrt) between A and B so neither factor's scale dwarfs the other's in low precision. fp32
-    LAPACK/cuSOLVER (fp64 costs ~10x the time on BERT-base's 768x3072 for no visible gain)."""
-    u, s, vh = torch.linalg.svd(weight.detach().float().t(), full_matrices=False)
-    rank = s.numel() if rank is None else rank
-    root = s[:rank].sqrt()
-    return ((u[:, :rank] * root).to(weight.dtype).contiguous(),
-            (root[:, None] * vh[:rank]).to(weight.dtype).contiguous())
-
-
-class LowRankFactors(nn.Module):
-    """``y = x @ A @ B + bias`` with ``A`` [in, r], ``B`` [r, out]; called, it runs the unfused
-    path (two matmuls, the [tokens, r] intermediate materialised)."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int):
-        super().__init__()
-        self.A = nn.Parameter(torch.empty(in_features, rank))
-        self.B = nn.Parameter(torch.empty(rank, out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Two nn.Linear-style GEMMs (bias fused into the second), as SVD-LLM/ASVD deploy factors.
-        return F.linear(F.linear(x, self.A.t()), self.B.t(), self.bias)
+def _two_gemms(m: LowRankLinear, x: torch.Tensor) -> torch.Tensor:
+    # The unfused baseline as SVD-LLM/ASVD deploy factors: two nn.Linear-style GEMMs, the bias
+    # fused into the second (the [tokens, r] intermediate goes through memory).
+    return F.linear(F.linear(x, m.A.t()), m.B.t(), m.bias)
 
 
 def fused_ops_available() -> list[str]:
@@ -153,24 +131,30 @@ class DenseBertLayer(nn.Module):
                                              attn_mask=_sdpa_mask(mask))
         return ctx.transpose(1, 2).flatten(2)
 
+    def _proj(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, name)(x)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx = self._attention(self.q(x), self.k(x), self.v(x), mask)
-        x = self.attn_norm(x + self.attn_out(ctx))
-        return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+        p = self._proj
+        ctx = self._attention(p("q", x), p("k", x), p("v", x), mask)
+        x = self.attn_norm(x + p("attn_out", ctx))
+        return self.ffn_norm(x + p("ffn_out", F.gelu(p("ffn_in", x))))
 
 
 class LowRankBertLayer(DenseBertLayer):
-    """The same block with every projection as SVD factors; ``mode`` picks unfused or fused."""
+    """The same block with every projection as SVD factors (:class:`flashstream.lowrank.LowRankLinear`);
+    ``mode`` picks unfused or fused."""
 
     def __init__(self, cfg: BertConfig, ranks: SVDRanks):
         nn.Module.__init__(self)
         d, f = cfg.hidden_size, cfg.intermediate_size
         self.heads = cfg.num_attention_heads
         self.mode = "unfused"
-        self.q, self.k, self.v = (LowRankFactors(d, d, ranks.attn) for _ in range(3))
-        self.attn_out = LowRankFactors(d, d, ranks.attn_out)
+        self.q, self.k, self.v = (LowRankLinear(d, d, ranks.attn, fused=False) for _ in range(3))
+        self.attn_out = LowRankLinear(d, d, ranks.attn_out, fused=False)
         self.attn_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-        self.ffn_in, self.ffn_out = LowRankFactors(d, f, ranks.ffn), LowRankFactors(f, d, ranks.ffn)
+        self.ffn_in = LowRankLinear(d, f, ranks.ffn, fused=False)
+        self.ffn_out = LowRankLinear(f, d, ranks.ffn, fused=False)
         self.ffn_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
 
     def load_dense(self, dense: DenseBertLayer, ranks: SVDRanks,
@@ -182,12 +166,15 @@ class LowRankBertLayer(DenseBertLayer):
         with torch.no_grad():
             for name, r in rank.items():
                 linear, factors = getattr(dense, name), getattr(self, name)
-                a, b = svd_factors(linear.weight) if full is None else full[name]
+                a, b = truncated_svd(linear.weight, r)[:2] if full is None else full[name]
                 factors.A.copy_(a[:, :r])
                 factors.B.copy_(b[:r])
                 factors.bias.copy_(linear.bias)
         self.attn_norm.load_state_dict(dense.attn_norm.state_dict())
         self.ffn_norm.load_state_dict(dense.ffn_norm.state_dict())
+
+    def _proj(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return _two_gemms(getattr(self, name), x)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.mode == "unfused":
@@ -295,7 +282,9 @@ class BertEncoder(nn.Module):
         :meth:`compress` to slice at several ranks without repeating the decompositions."""
         if self.ranks is not None:
             raise ValueError("flashstream BertEncoder.svd: the model is already low-rank")
-        return [{name: svd_factors(getattr(layer, name).weight)
+        def full(w):
+            return truncated_svd(w, min(w.shape))[:2]  # fp64 SVD; A = U sqrt(S), B = sqrt(S) Vh: slices are rank-r
+        return [{name: full(getattr(layer, name).weight)
                  for name in ("q", "k", "v", "attn_out", "ffn_in", "ffn_out")} for layer in self.layers]
 
     def compress(self, ranks: SVDRanks, *, mode: str = "unfused",
