@@ -36,6 +36,7 @@ Results: bench/results/flashsvd_bert-<device-tag>.json (+ .png).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -107,7 +108,8 @@ def bench(args) -> list[dict]:
                 gen = torch.Generator().manual_seed(batch * 1000 + seq)
                 ids = torch.randint(1000, cfg.vocab_size, (batch, seq), generator=gen).to(device)
                 mask = torch.ones(batch, seq, dtype=torch.bool, device=device)
-                case = dict(model=name, weights=weights, batch=batch, seq=seq, dtype=args.dtype, device=device)
+                case = dict(model=name, weights=weights, batch=batch, seq=seq, dtype=args.dtype, device=device,
+                            loadavg_1min=os.getloadavg()[0])  # a shared machine's timings swing with it
                 with torch.no_grad():
                     ref, peak, t = _measure(dense, ids, mask, device, args.reps)
                     records.append(dict(case, mode="dense", ranks=None, peak_bytes=peak, time_s=t, params_vs_dense=1.0))
