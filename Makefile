@@ -63,6 +63,7 @@ bench: build
 	$(PYTHON) bench/bench_sink_attention.py --device cpu
 	$(PYTHON) bench/bench_llm.py --device cpu
 	$(PYTHON) bench/bench_lowrank.py --device cpu
+	$(PYTHON) bench/bench_lowrank_attention.py --device cpu --threads 1 --quick
 	$(PYTHON) bench/bench_flashsvd_bert.py --device cpu
 
 # One call on a lent GPU machine: CUDA build, CUDA tests, every benchmark; results in $$OUT.

@@ -393,3 +393,17 @@ def test_cuda_rejects_mixed_devices():
     A, B, _ = factors(8, 4, 6, torch.float32, "cuda")
     with pytest.raises(ValueError, match="flashstream.lowrank_linear: B must be on the same device as x"):
         lowrank_linear(x, A, B.cpu())
+
+
+@cuda
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda_backward_matches_fp64(activation):
+    x = torch.randn(300, 70, device="cuda", requires_grad=True)
+    A, B, b = (t.requires_grad_() for t in factors(70, 24, 90, torch.float32, "cuda"))
+    y = lowrank_linear(x, A, B, b, activation)
+    g = torch.randn_like(y)
+    y.backward(g)
+    leaves = [t.detach().double().requires_grad_() for t in (x, A, B, b)]
+    lowrank_linear_reference(*leaves, activation).backward(g.double())
+    for got, want in zip((x, A, B, b), leaves):
+        torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-4)

@@ -2,7 +2,7 @@
 //
 // 1. project_kernel: P[:, roff(z) ..] = x A_z for z = q, k, v (fp32, rank blocks zero-padded to
 //    kRankPad): a 64 x 64 tiled SIMT GEMM, 4 x 4 outputs per thread.
-// 2. attend_kernel: one block per (tile of kBlock queries, sequence b, head h). It rebuilds its
+// 2. attend_kernel: one block per (sequence b, head h, tile of kBlock queries). It rebuilds its
 //    query tile Q = (P_q B_q[:, head] + b_q) * scale in shared memory, then for each key block of
 //    kBlock keys rebuilds K and V the same way (rank chunks of kRankChunk staged through shared
 //    memory), scores them, and runs an fp32 online softmax with the output accumulators in
@@ -16,6 +16,12 @@
 
 #include "flashstream/common/dtype.h"
 #include "flashstream/lowrank/attention_params.h"
+
+// The block's dynamic shared memory; tests/cuda_emu/lowrank_attention_emu.cpp redefines it to run
+// the kernels on the host.
+#ifndef FS_LOWRANK_DYNAMIC_SMEM
+#define FS_LOWRANK_DYNAMIC_SMEM(name) extern __shared__ float name[]
+#endif
 
 namespace flashstream::lowrank::cuda {
 
@@ -137,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   constexpr int kWarps = kThreads / 32;
   constexpr int kScorePer = BM * BN / kThreads, kScoreStep = kThreads / BN;
   constexpr int kOutPer = BM * kDh / kThreads, kOutStep = kThreads / kDh;
-  extern __shared__ float smem[];
+  FS_LOWRANK_DYNAMIC_SMEM(smem);
   float* qs = smem + L::q;
   float* ks = smem + L::k;
   float* vs = smem + L::v;
@@ -149,7 +155,8 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   float* cs = smem + L::corr;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t t0 = int64_t(blockIdx.x) * BM, b = blockIdx.y / a.H, h = blockIdx.y % a.H;
+  // (b, h) on grid.x (up to 2^31 - 1 blocks), query tiles on grid.y.
+  const int64_t t0 = int64_t(blockIdx.y) * BM, b = blockIdx.x / a.H, h = blockIdx.x % a.H;
   const int nq = int(a.S - t0 < BM ? a.S - t0 : BM);
   const int64_t col0 = h * a.Dh, rows0 = b * a.S;
 
@@ -241,12 +248,13 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
   }
 }
 
+#if defined(__CUDACC__)  // the launchers are nvcc-only; the kernels above also compile as host C++
 template <typename T, int kDh>
 cudaError_t launch_attend_dh(const AttnArgs& a, cudaStream_t stream) {
   constexpr size_t smem = Smem<kDh>::bytes;
   cudaError_t err = cudaFuncSetAttribute(attend_kernel<T, kDh>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (err != cudaSuccess) return err;
-  const dim3 grid(unsigned((a.S + kBlock<kDh> - 1) / kBlock<kDh>), unsigned(a.B * a.H));
+  const dim3 grid(unsigned(a.B * a.H), unsigned((a.S + kBlock<kDh> - 1) / kBlock<kDh>));
   attend_kernel<T, kDh><<<grid, kThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }
@@ -264,5 +272,7 @@ cudaError_t launch_lowrank_attention(const AttnArgs& a, cudaStream_t stream) {
   if (a.Dh <= 128) return launch_attend_dh<T, 128>(a, stream);
   return launch_attend_dh<T, 256>(a, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace flashstream::lowrank::cuda

@@ -127,18 +127,23 @@ FS_INLINE vf broadcast(const float* p) {
 }
 
 // acc[i][v] = sum_k a[i * lda + k] * bp[k * kNR + v * kL + lanes], i < kMR.
+// The accumulators are a local array copied out at the end: were `acc` itself used, its address
+// (handed to the sink) would pin it to the stack and every FMA would store to memory.
 FS_INLINE void microkernel(const float* __restrict a, int64_t lda, const float* __restrict bp, int64_t kc,
                            vf (&acc)[kMR][kNV]) {
+  vf c[kMR][kNV];
   for (int i = 0; i < kMR; ++i)
-    for (int v = 0; v < kNV; ++v) acc[i][v] = simd::splat(0.0f);
+    for (int v = 0; v < kNV; ++v) c[i][v] = simd::splat(0.0f);
   for (int64_t k = 0; k < kc; ++k) {
     vf b[kNV];
     for (int v = 0; v < kNV; ++v) b[v] = simd::load(bp + k * kNR + v * kL);
     for (int i = 0; i < kMR; ++i) {
       const vf ai = broadcast(a + i * lda + k);
-      for (int v = 0; v < kNV; ++v) acc[i][v] = simd::fma(ai, b[v], acc[i][v]);
+      for (int v = 0; v < kNV; ++v) c[i][v] = simd::fma(ai, b[v], c[i][v]);
     }
   }
+  for (int i = 0; i < kMR; ++i)
+    for (int v = 0; v < kNV; ++v) acc[i][v] = c[i][v];
 }
 
 // C[mt, N] over a left block `a` (fp32 rows, stride lda, kc columns) times packed panels starting

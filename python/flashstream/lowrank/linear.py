@@ -35,7 +35,8 @@ class LowRankLinear(nn.Module):
 
     ``fused=True`` runs :func:`flashstream.ops.lowrank_linear` (one kernel; the ``[..., rank]``
     intermediate stays on chip; rank <= ``flashstream.ops.lowrank.MAX_RANK``); ``fused=False`` runs
-    the two plain matmuls, the "unfused SVD" baseline (the intermediate goes through memory). Both compute the same function.
+    the two plain matmuls, the "unfused SVD" baseline (the intermediate goes through memory). Both
+    compute the same function.
     """
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True, *, fused: bool = True,
