@@ -1,6 +1,8 @@
 // Low-rank matmul chains on CPU: the shared checks (lowrank_args.h), the right-hand factors
 // packed once per call into the ISA's fp32 panels (in parallel), then the fused kernels over
 // at::parallel_for ranges of row tiles.
+#include <algorithm>
+
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -26,9 +28,16 @@ at::Tensor pack(const LowrankCpuKernels& k, DType dtype, lowrank::Strided src, i
   return out;
 }
 
-void run_linear(const LowrankCpuKernels& k, DType dt, const lowrank::LinearProblem& p, const lowrank::EpilogueArgs& e) {
+// Rows per task: the L2-sized tile, or fewer when that would leave threads idle (small M).
+int64_t task_rows(const LowrankCpuKernels& k, int64_t M, int64_t l2_rows) {
+  const int64_t per_thread = lowrank::round_up(lowrank::ceil_div(M, at::get_num_threads()), k.row_block());
+  return std::max<int64_t>(k.row_block(), std::min(l2_rows, per_thread));
+}
+
+void run_linear(const LowrankCpuKernels& k, DType dt, lowrank::LinearProblem p, const lowrank::EpilogueArgs& e) {
   if (p.M == 0 || p.N == 0) return;
-  const int64_t tiles = lowrank::ceil_div(p.M, k.linear_tile_rows(p.r));
+  p.tile_rows = task_rows(k, p.M, k.linear_tile_rows(p.r));
+  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
   at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) { k.linear(dt, p, e, b, en); });
 }
 
@@ -67,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
                   int64_t N, const lowrank::EpilogueArgs& e) {
     if (M == 0 || N == 0) return;
     const at::Tensor rp = pack(k, right_f32 ? DType::f32 : dt, right, K, N, x.options());
-    const int64_t rows = k.gemm_tile_rows(N);
+    const int64_t rows = task_rows(k, M, k.gemm_tile_rows(N));
     at::parallel_for(0, lowrank::ceil_div(M, rows), 1, [&](int64_t b, int64_t en) {
       k.gemm(dt, left_f32, left, M, K, rp.const_data_ptr<float>(), N, e, rows, b, en);
     });
@@ -114,7 +123,8 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
     p.aup = au.const_data_ptr<float>();
     p.bup = bu.const_data_ptr<float>();
   }
-  const int64_t tiles = lowrank::ceil_div(p.M, k.ffn_tile_rows(p));
+  p.tile_rows = task_rows(k, p.M, k.ffn_tile_rows(p));
+  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
   void* out = y.mutable_data_ptr();
   at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) { k.ffn(dt, p, out, b, e); });
   return y;

@@ -35,6 +35,8 @@ void pack(DType dt, lr::Strided src, int64_t K, int64_t N, float* out, int64_t p
   by_dtype(dt, [&](auto t) { lc::pack_panels<decltype(t)>(src, K, N, out, pb, pe); });
 }
 
+int64_t row_block() { return lc::kMR; }
+
 int64_t linear_tile_rows(int64_t r) { return lc::tile_rows(lr::round_up(r, lc::kNR)); }
 
 void linear(DType dt, const lr::LinearProblem& p, const lr::EpilogueArgs& e, int64_t tb, int64_t te) {
@@ -79,7 +81,7 @@ void gemm(DType dt, bool left_f32, lr::Strided left, int64_t M, int64_t K, const
 }  // namespace
 
 const LowrankCpuKernels& lowrank_kernels() {
-  static const LowrankCpuKernels table{&packed_floats, &panel_width, &pack, &linear_tile_rows, &linear,
+  static const LowrankCpuKernels table{&packed_floats, &panel_width, &pack, &row_block, &linear_tile_rows, &linear,
                                        &ffn_tile_rows, &ffn, &gemm_tile_rows, &gemm};
   return table;
 }

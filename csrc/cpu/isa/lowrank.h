@@ -15,6 +15,7 @@ struct LowrankCpuKernels {
   // Panels [panel_begin, panel_end) of a right-hand operand src [K, N] (dtype) into `out`.
   void (*pack)(DType dtype, lowrank::Strided src, int64_t K, int64_t N, float* out, int64_t panel_begin,
                int64_t panel_end);
+  int64_t (*row_block)();  // tile rows must be a multiple of this (the microkernel's rows)
   int64_t (*linear_tile_rows)(int64_t r);
   // lowrank_linear over row tiles [tile_begin, tile_end); dtype is x's (and bias', grad's).
   void (*linear)(DType dtype, const lowrank::LinearProblem& p, const lowrank::EpilogueArgs& e, int64_t tile_begin,

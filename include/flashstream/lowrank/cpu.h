@@ -252,7 +252,7 @@ struct Scratch {
 };
 
 // Rows per fused tile: the fp32 rank-space tiles (total width `width` floats per row) fit in
-// kTileFloats; a multiple of kMR, at most 256.
+// kTileFloats; a multiple of kMR, at most 256. Smaller tiles (any multiple of kMR) are valid too.
 inline int64_t tile_rows(int64_t width) {
   int64_t rows = kTileFloats / (width > 1 ? width : 1);
   rows = rows > 256 ? 256 : rows;
@@ -278,7 +278,7 @@ void rows_times_packed(Strided left, int64_t m0, int64_t mt, int64_t K, const fl
 // ---- lowrank_linear: y = epilogue(x A B), tiles [tile_begin, tile_end) of tile_rows(r) rows --------
 template <typename T, typename TO>
 void linear_tiles(const LinearProblem& p, const Epilogue<TO, T>& e, int64_t tile_begin, int64_t tile_end) {
-  const int64_t mt_max = tile_rows(round_up(p.r, kNR));
+  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : tile_rows(round_up(p.r, kNR));
   const int64_t ldt = round_up(p.r, kNR);
   Scratch abuf(mt_max * kKc), tbuf(mt_max * ldt);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
@@ -302,7 +302,7 @@ template <typename T>
 void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) {
   const T* b1 = static_cast<const T*>(p.bias1);
   const T* b2 = static_cast<const T*>(p.bias2);
-  const int64_t mt_max = ffn_tile_rows(p);
+  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : ffn_tile_rows(p);
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
   Scratch abuf(mt_max * kKc), pbuf(mt_max * ld1), sbuf(mt_max * ld2), hbuf(mt_max * ldh);

@@ -66,6 +66,7 @@ struct LinearProblem {
   Strided a, b;  // [K, r], [r, N]
   const float* a_packed = nullptr;
   const float* b_packed = nullptr;
+  int64_t tile_rows = 0;  // CPU: rows per tile (0: the largest that keeps the tile in L2)
 };
 
 // lowrank_ffn (gated = false): y = act(x A1 B1 + b1) A2 B2 + b2;
@@ -79,6 +80,7 @@ struct FfnProblem {
   const float *a1p = nullptr, *b1p = nullptr, *a2p = nullptr, *b2p = nullptr, *aup = nullptr, *bup = nullptr;  // CPU packs
   const void* bias1 = nullptr;  // [d_ff] or null
   const void* bias2 = nullptr;  // [N] or null
+  int64_t tile_rows = 0;        // CPU: rows per tile (0: the largest that keeps the tiles in L2)
 };
 
 // Where a product's result goes, type-erased: out[m * ldo + n] (the op's dtype, or fp32 when
