@@ -12,7 +12,7 @@ otherwise, e.g. on the GPU machine, which cannot carry the 87 MB file); BERT-bas
 every sequence full length, the attention mask passed (all True) as a padded batch would.
 
 Ranks (whole-matrix, one A/B pair per weight; see ``SVDRanks``), from FlashSVD's settings
-(shared/research/anchors_svd_fsq_mod.md):
+(github.com/Zishan-Shao/FlashSVD and its refactor tacticalECHO/Refactored-FlashSVD):
   * ``p25``: the paper's headline budget, 25% of each encoder weight's parameters
     (BERT-base attn/out 96, FFN 160; MiniLM 48 / 80);
   * ``cli64``: the refactored FlashSVD CLI's ``--rank 64`` (attention 64, FFN 384); MiniLM: 64 / 192.
