@@ -43,6 +43,17 @@ FS_INLINE vf splat(float x) {
   for (int i = 0; i < kLanes; ++i) r[i] = x;
   return r;
 }
+// One float from memory to every lane as a single vbroadcastss: inside unrolled loops GCC turns
+// splat(*p) into a chain of masked broadcasts.
+FS_INLINE vf broadcast(const float* p) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_set1_ps(*p);
+#elif defined(__AVX2__)
+  return (vf)_mm256_broadcast_ss(p);
+#else
+  return splat(*p);
+#endif
+}
 FS_INLINE vu splat_u(uint32_t x) {
   vu r;
   for (int i = 0; i < kLanes; ++i) r[i] = x;
@@ -100,6 +111,9 @@ FS_INLINE vf copysign(vf mag, vf sgn) { return as_f((as_u(mag) & 0x7FFFFFFFu) | 
 // NaN in `a` propagates (every comparison with NaN is false).
 FS_INLINE vf min(vf a, vf b) { return a > b ? b : a; }
 FS_INLINE vf max(vf a, vf b) { return a < b ? b : a; }
+// Horizontal max / sum in lane order (a fixed order, so results do not depend on the caller).
+FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
+FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
 
 // Fused multiply-add where the ISA has one (kHasFma); elsewhere a * b + c with two roundings, so
 // code that needs the fused result for exactness checks kHasFma first.

@@ -24,17 +24,9 @@ inline namespace FLASHSTREAM_ISA {
 using simd::kLanes;
 using simd::vf;
 
-FS_INLINE vf bcast(const float* p) {
-#if defined(__AVX512F__)
-  return (vf)_mm512_set1_ps(*p);
-#elif defined(__AVX2__)
-  return (vf)_mm256_broadcast_ss(p);
-#else
-  return simd::splat(*p);
-#endif
-}
-FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
-FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
+using simd::broadcast;
+using simd::hmax;
+using simd::hsum;
 
 // ---- a small fp32 GEMM: c = scale * (a b + bias), columns in whole vectors ---------------------
 
@@ -60,7 +52,7 @@ FS_INLINE void gemm_tile(const float* a, int64_t lda, int nr, const float* b, in
     for (int u = 0; u < NV; ++u) bv[u] = simd::load(bk + u * kLanes);
 #pragma GCC unroll 4
     for (int i = 0; i < kGemmRows; ++i) {
-      const vf av = bcast(ar[i] + k);
+      const vf av = broadcast(ar[i] + k);
 #pragma GCC unroll 4
       for (int u = 0; u < NV; ++u) acc[i][u] = simd::fma(av, bv[u], acc[i][u]);
     }
@@ -178,7 +170,7 @@ inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64
     for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kt + d * kKeyBlock + v * kLanes);
 #pragma GCC unroll 4
     for (int i = 0; i < kAttnRows; ++i) {
-      const vf qd = bcast(qr[i] + d);
+      const vf qd = broadcast(qr[i] + d);
 #pragma GCC unroll 16
       for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
     }
@@ -240,7 +232,7 @@ inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64
       for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
 #pragma GCC unroll 4
       for (int i = 0; i < kAttnRows; ++i) {
-        const vf pj = bcast(sc + i * kKeyBlock + j);
+        const vf pj = broadcast(sc + i * kKeyBlock + j);
 #pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
       }

@@ -113,18 +113,7 @@ FS_INLINE vf activate_grad(Activation act, vf z) {
 }
 
 // ---- microkernel ----------------------------------------------------------------------------
-// One float from memory to every lane. simd::splat's lane loop compiles to a single broadcast in
-// registers, but GCC turns it into a chain of masked broadcasts when the value comes from memory
-// inside the unrolled loop below; the intrinsic is one vbroadcastss.
-FS_INLINE vf broadcast(const float* p) {
-#if defined(__AVX512F__)
-  return (vf)_mm512_set1_ps(*p);
-#elif defined(__AVX2__)
-  return (vf)_mm256_broadcast_ss(p);
-#else
-  return simd::splat(*p);
-#endif
-}
+using simd::broadcast;
 
 // acc[i][v] = sum_k a[i * lda + k] * bp[k * kNR + v * kL + lanes], i < kMR.
 // The accumulators are a local array copied out at the end: were `acc` itself used, its address

@@ -26,20 +26,9 @@ inline namespace FLASHSTREAM_ISA {
 
 using simd::vf;
 using simd::kLanes;
-
-// One broadcast instruction from memory (splat(x) costs a scalar add and a shuffle).
-FS_INLINE vf bcast(const float* p) {
-#if defined(__AVX512F__)
-  return (vf)_mm512_set1_ps(*p);
-#elif defined(__AVX2__)
-  return (vf)_mm256_broadcast_ss(p);
-#else
-  return simd::splat(*p);
-#endif
-}
-
-FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
-FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
+using simd::broadcast;
+using simd::hmax;
+using simd::hsum;
 
 template <typename T>
 FS_INLINE void load_row_f(const T* src, int64_t D, float* dst) {
@@ -233,7 +222,7 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
     for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kd + v * kLanes);
 #pragma GCC unroll 4
     for (int i = 0; i < kRowBlock; ++i) {
-      const vf qd = bcast(qr[i] + d);
+      const vf qd = broadcast(qr[i] + d);
 #pragma GCC unroll 16
       for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
     }
@@ -259,7 +248,7 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
       for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
 #pragma GCC unroll 4
       for (int i = 0; i < kRowBlock; ++i) {
-        const vf pj = bcast(sc + i * kKeyBlock + j);
+        const vf pj = broadcast(sc + i * kKeyBlock + j);
 #pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
       }
