@@ -1,7 +1,7 @@
 // Runs the causal conv1d CUDA kernels (include/flashstream/conv/cuda.cuh) on the host, every
 // (block, thread) of the grid in turn, against a float64 reference: their index math, state pools,
 // padding slots, both layouts and both launch paths get checked on machines without a GPU.
-// Built and run by tests/test_causal_conv1d_cuda_emu.py with a host C++ compiler and the CUDA
+// Built and run by tests/test_cuda_emu.py with a host C++ compiler and the CUDA
 // headers (for dim3 / cudaError_t). Exit status 0 iff every case matches.
 #include <cuda_runtime.h>
 

@@ -4,7 +4,7 @@
 // kernels' index math, shared-memory layout, barriers, masking and head-dim buckets get checked on
 // machines without a GPU (timing, occupancy and device intrinsics are not). The grids are the
 // launchers' (launch_lowrank_attention, nvcc-only). Built and run by
-// tests/test_lowrank_attention_cuda_emu.py; exit status 0 iff every case matches.
+// tests/test_cuda_emu.py; exit status 0 iff every case matches.
 #include <cuda_runtime.h>
 
 #include <barrier>

@@ -2,7 +2,7 @@
 // on the host, every thread of every block, in the kernel's order (per tile: all loads, then all
 // stores), against a dense gather reference: the tiling, the ordering across tiles, the word sizes
 // and the skipping of bad indices get checked on machines without a GPU. Built and run by
-// tests/test_sink_compact_cuda_emu.py with a host C++ compiler and the CUDA headers (uint4,
+// tests/test_cuda_emu.py with a host C++ compiler and the CUDA headers (uint4,
 // cudaError_t). Exit status 0 iff every case matches.
 #include <cuda_runtime.h>
 
