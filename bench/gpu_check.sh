@@ -11,7 +11,12 @@
 # Wheels the machine lacks travel in the repo's git-ignored .whl/ (bench/prepare_gpu_wheels.sh
 # fills it; name .whl in the call's carry). The copy of the tree there has no .git, so pass the
 # commit in: FLASHSTREAM_COMMIT=<sha> bash bench/gpu_check.sh
-# Budget: about 5-9 minutes on an H100 machine with 16 cores (CUDA arch limited to 90a).
+# A device call runs at most 10 minutes, and the whole check takes longer (the build alone takes
+# a few), so it runs in steps, one call each while the machine stays warm (an installed build of
+# the same commit is reused, not rebuilt):
+#   GPU_CHECK_STEPS="build test cpp"  bash bench/gpu_check.sh     # build, pytest, bench/cpp
+#   GPU_CHECK_STEPS=bench GPU_CHECK_BENCHES="bench_fsq bench_causal_conv" bash bench/gpu_check.sh
+# GPU_CHECK_STEPS defaults to all four steps; GPU_CHECK_BENCHES to every bench/bench_*.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +31,13 @@ START_MARK=$(mktemp)
 failures=()
 
 log() { echo "[gpu_check ${SECONDS}s] $*" | tee -a "$SUMMARY"; }
+STEPS=" ${GPU_CHECK_STEPS:-build test cpp bench} "
+step() { [[ "$STEPS" == *" $1 "* ]]; }
+BENCHES=()
+for b in bench/bench_*.py; do
+  name=$(basename "$b" .py)
+  if [[ -z "${GPU_CHECK_BENCHES:-}" || " $GPU_CHECK_BENCHES " == *" $name "* ]]; then BENCHES+=("$b"); fi
+done
 
 # ---- wheels carried in .whl/ -------------------------------------------------------------------
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -46,20 +58,32 @@ for mod in scikit_build_core ninja hypothesis; do
   fi
 done
 
-# ---- build the extension with CUDA -------------------------------------------------------------
-log "building flashstream (FLASHSTREAM_CUDA=ON, archs $FLASHSTREAM_CUDA_ARCHS)"
-if ! python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
-  tail -60 "$OUT/build.log"
-  log "BUILD FAILED (see build.log)"
-  exit 1
+# ---- build the extension with CUDA (reused when this machine already installed this commit) -----
+installed_here() {
+  (cd /tmp && python3 -c "import sys, flashstream._C as C; sys.exit(not (C.with_cuda and C.git_commit == sys.argv[1]))" \
+    "${FLASHSTREAM_COMMIT:-unknown}") 2>/dev/null
+}
+if step build || ! installed_here; then
+  log "building flashstream (FLASHSTREAM_CUDA=ON, archs $FLASHSTREAM_CUDA_ARCHS)"
+  if ! python3 -m pip install --no-build-isolation --no-deps -v . >"$OUT/build.log" 2>&1; then
+    tail -60 "$OUT/build.log"
+    log "BUILD FAILED (see build.log)"
+    exit 1
+  fi
+  grep -h -- "-- flashstream:" "$OUT/build.log" | sed 's/^ *-- //' | tee -a "$SUMMARY" || true
+  log "build done"
+else
+  log "flashstream ${FLASHSTREAM_COMMIT:-} with CUDA already installed here: not rebuilt"
 fi
-grep -h -- "-- flashstream:" "$OUT/build.log" | sed 's/^ *-- //' | tee -a "$SUMMARY" || true
-log "build done"
 
 # ---- the causal-conv1d peer, built from its sdist for sm_90 while the tests run -----------------
 # Its setup.py hard-codes nine archs; keeping sm_90 alone cuts the build to a few minutes.
 PEER_PID=
-if compgen -G ".whl/sdist/causal_conv1d-*.tar.gz" >/dev/null; then
+if ! step bench || [[ " ${BENCHES[*]} " != *"bench_causal_conv.py"* ]]; then
+  :  # no conv bench in this call
+elif python3 -c "import causal_conv1d" 2>/dev/null; then
+  log "causal-conv1d peer already importable"
+elif compgen -G ".whl/sdist/causal_conv1d-*.tar.gz" >/dev/null; then
   (
     set -e
     rm -rf /tmp/peer-src && mkdir -p /tmp/peer-src && tar -xzf .whl/sdist/causal_conv1d-*.tar.gz -C /tmp/peer-src
@@ -87,17 +111,20 @@ fi
 if ! { echo; python3 -m flashstream info; echo; } 2>&1 | tee -a "$SUMMARY"; then failures+=("info"); fi
 
 # ---- tests -------------------------------------------------------------------------------------
-log "pytest"
-if ! timeout 300 python3 -m pytest -x -q tests >"$OUT/tests.log" 2>&1; then
-  failures+=("tests")
+if step test; then
+  log "pytest"
+  if ! timeout 360 python3 -m pytest -q tests >"$OUT/tests.log" 2>&1; then
+    failures+=("tests")
+  fi
+  tail -5 "$OUT/tests.log" | tee -a "$SUMMARY"
+  log "pytest done"
 fi
-tail -5 "$OUT/tests.log" | tee -a "$SUMMARY"
-log "pytest done"
 
 # ---- bench/cpp microbenchmarks -----------------------------------------------------------------
-log "building bench/cpp targets"
 BDIR=/tmp/fs-bench-build
-if cmake -S . -B "$BDIR" -G Ninja -DPython_EXECUTABLE="$(command -v python3)" -DFLASHSTREAM_CUDA=ON \
+if ! step cpp; then
+  :
+elif log "building bench/cpp targets" && cmake -S . -B "$BDIR" -G Ninja -DPython_EXECUTABLE="$(command -v python3)" -DFLASHSTREAM_CUDA=ON \
      -DFLASHSTREAM_CUDA_ARCHS="$FLASHSTREAM_CUDA_ARCHS" >>"$OUT/build.log" 2>&1; then
   for src in bench/cpp/*.cu; do
     name=$(basename "$src" .cu)
@@ -118,10 +145,12 @@ fi
 if [[ -n "$PEER_PID" ]]; then
   if wait "$PEER_PID"; then log "causal-conv1d peer built"; else log "causal-conv1d peer build FAILED (see peers.log)"; failures+=("peer-build"); fi
 fi
-for b in bench/bench_*.py; do
-  log "running $b --device cuda"
-  if ! timeout 300 python3 "$b" --device cuda 2>&1 | tee -a "$SUMMARY"; then failures+=("$(basename "$b")"); fi
-done
+if step bench; then
+  for b in "${BENCHES[@]}"; do
+    log "running $b --device cuda"
+    if ! timeout 300 python3 "$b" --device cuda 2>&1 | tee -a "$SUMMARY"; then failures+=("$(basename "$b")"); fi
+  done
+fi
 
 new_results=$(cd bench/results && find . -maxdepth 1 -newer "$START_MARK" \( -name '*.json' -o -name '*.png' \) | sort)
 rm -f "$START_MARK"
