@@ -151,9 +151,15 @@ def out_pair(q):
     return torch.empty_like(q), torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
 
 
+def on_cuda(device) -> bool:
+    """Whether the GPU-only parts (graphs, timing, FlashInfer, compiled Flex) run; the test of the
+    bench patches it to drive those parts on CPU with stand-ins."""
+    return torch.device(device).type == "cuda"
+
+
 def graphed(fn, device):
     """fn captured in a CUDA graph (replay callable), or fn itself off CUDA (the dry run)."""
-    if torch.device(device).type != "cuda":
+    if not on_cuda(device):
         return fn
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -169,7 +175,7 @@ def graphed(fn, device):
 
 
 def timed(fn, device):
-    if torch.device(device).type != "cuda":
+    if not on_cuda(device):
         fn()  # the dry run checks that it runs; CPU timings of these sizes mean nothing
         return None
     return harness.time_fn(fn, device=device)
@@ -255,7 +261,7 @@ class FlexPrefill:
 
     def __init__(self, T, L, W, device):
         self.mask_mod = sink_window_mask_mod(W)
-        self.cuda = torch.device(device).type == "cuda"
+        self.cuda = on_cuda(device)
         if self.cuda:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -334,7 +340,7 @@ def decode_case(B, W, device, copy_peak, flashinfer_tensor_cores=False):
     rec["fs_step_graph_s"] = timed(step_graph, device)
 
     variants = [("flashinfer", False)] + ([("flashinfer_tc", True)] if flashinfer_tensor_cores else [])
-    for name, tc in variants if torch.device(device).type == "cuda" else []:
+    for name, tc in variants if on_cuda(device) else []:
         def flashinfer_part():
             fi = FlashInferDecode(q[:, 0].contiguous(), *paged, use_tensor_cores=tc)
             rec["flashinfer_version"] = fi.version

@@ -45,3 +45,54 @@ def test_flashinfer_page_layout(bench):
     assert indptr.tolist() == [0, 3, 6, 9] and last.tolist() == [5, 5, 5]
     pages = indices[indptr[1]:indptr[2]].long()
     assert torch.equal(kc[pages].reshape(-1, bench.HKV, bench.D)[: keys.shape[1]], keys[1])
+
+
+class _FakeFlashInferDecode:
+    """Stands in for flashinfer.BatchDecodeWithPagedKVCacheWrapper on CPU: the keyword arguments
+    the bench passes (checked against flashinfer 0.6.18.post1's signatures when this was written)
+    and ROPE_LLAMA decode computed by the bench's emulation."""
+
+    def __init__(self, bench, ws, layout, *, use_cuda_graph, use_tensor_cores, paged_kv_indptr_buffer,
+                 paged_kv_indices_buffer, paged_kv_last_page_len_buffer):
+        assert layout == "NHD" and use_cuda_graph and ws.dtype == torch.uint8
+        self.bench = bench
+
+    def plan(self, indptr, indices, last, num_qo_heads, num_kv_heads, head_dim, page_size, *, pos_encoding_mode,
+             q_data_type, kv_data_type, rope_theta, sm_scale):
+        b = self.bench
+        assert (num_qo_heads, num_kv_heads, head_dim, page_size) == (b.HQ, b.HKV, b.D, b.PAGE)
+        assert pos_encoding_mode == "ROPE_LLAMA" and rope_theta == b.THETA and q_data_type == kv_data_type == b.DTYPE
+        self.table = (indptr, indices, last)
+
+    def run(self, q, cache, out):
+        rows = [self.bench.flashinfer_emulated(q, *cache, *self.table, s) for s in range(q.shape[0])]
+        out.copy_(torch.stack(rows))
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_gpu_branches_with_stand_ins(bench, monkeypatch):
+    # The parts that only run on a GPU (FlashInfer, compiled Flex, graphs, timing, bandwidth ratios),
+    # driven on CPU with stand-ins: eager flex_attention, an emulated FlashInfer, fixed times.
+    import sys
+    import types
+
+    fake = types.ModuleType("flashinfer")
+    fake.__version__ = "stand-in"
+    fake.BatchDecodeWithPagedKVCacheWrapper = lambda *a, **kw: _FakeFlashInferDecode(bench, *a, **kw)
+    monkeypatch.setitem(sys.modules, "flashinfer", fake)
+    monkeypatch.setattr(bench, "on_cuda", lambda device: True)
+    monkeypatch.setattr(bench, "graphed", lambda fn, device: fn)
+    monkeypatch.setattr(bench, "timed", lambda fn, device: (fn(), 1e-4)[1])
+    monkeypatch.setattr(bench.harness, "copy_bandwidth", lambda nbytes, device: 2e12)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+
+    rec = bench.decode_case(2, 20, "cpu", 3e12, flashinfer_tensor_cores=True)
+    assert not any(k.endswith("_error") for k in rec), rec
+    assert rec["flashinfer_vs_ref"]["ok"] and rec["flashinfer_vs_fs"]["ok"] and rec["flashinfer_tc_vs_fs"]["ok"]
+    assert rec["speedup_vs_flashinfer"] == 1.0 and rec["frac_copy"] > 0 and bench.fs_checks_ok(rec)
+    rec = bench.prefill_case(30, 20, "cpu")
+    assert "flex_error" not in rec, rec.get("flex_error")
+    assert rec["flex_vs_ref"]["ok"] and rec["flex_vs_fs_absolute"]["ok"] and rec["speedup_vs_flex"] == 1.0
+    rec = bench.mixed_case(2, 64, 20, "cpu")
+    assert rec["speedup_vs_two_launches"] == 1.0 and bench.fs_checks_ok(rec)
