@@ -181,14 +181,36 @@ def timed(fn, device):
     return harness.time_fn(fn, device=device)
 
 
-def try_peer(rec, name, fn):
-    """Runs a peer's part; on any failure records why (last lines of the traceback) and goes on."""
+def describe(e: Exception) -> str:
+    """An exception for the JSON: its message's head and tail (a failed JIT build's cause is at the
+    end of a long ninja log) and where it was raised."""
+    msg = f"{type(e).__name__}: {e}"
+    if len(msg) > 3000:
+        msg = msg[:800] + " [...] " + msg[-2200:]
+    where = " / ".join(traceback.format_exc().strip().splitlines()[-6:-1])
+    return msg + " | at: " + where[-1500:]
+
+
+_broken_peers: dict[str, str] = {}  # peers that failed before ever running (a failed JIT build)
+_working_peers: set[str] = set()
+
+
+def try_peer(rec, name, fn, sticky=False):
+    """Runs a peer's part; on any failure records why and goes on. With `sticky`, a peer that fails
+    before it has ever run is skipped in the cases after (each retry of a failed JIT build would
+    cost a minute); a failure after a success (say, out of memory in one case) is not."""
+    if name in _broken_peers:
+        rec[f"{name}_error"] = "not run: failed in an earlier case: " + _broken_peers[name][:300]
+        return None
     try:
-        return fn()
+        result = fn()
+        _working_peers.add(name)
+        return result
     except Exception as e:  # noqa: BLE001  (a peer that cannot run must not stop the bench)
-        tb = traceback.format_exc().strip().splitlines()
-        rec[f"{name}_error"] = f"{type(e).__name__}: {e}"[:2000] + " | " + " / ".join(tb[-4:])[:2000]
-        print(f"  {name} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        rec[f"{name}_error"] = describe(e)
+        if sticky and name not in _working_peers:
+            _broken_peers[name] = rec[f"{name}_error"]
+        print(f"  {name} failed: {type(e).__name__}: {str(e)[:300]} ... {str(e)[-600:]}", flush=True)
         return None
 
 
@@ -350,7 +372,7 @@ def decode_case(B, W, device, copy_peak, flashinfer_tensor_cores=False):
             rec[f"{name}_vs_fs"] = compare(out_at_n, fi.out)  # all streams
             rec[f"{name}_s"] = timed(fi.run, device)
             rec[f"{name}_graph_s"] = timed(graphed(fi.run, device), device)
-        try_peer(rec, name, flashinfer_part)
+        try_peer(rec, name, flashinfer_part, sticky=True)
 
     kv_bytes = B * HKV * (SINK + W) * D * 2 * DTYPE.itemsize
     rec["kv_bytes"] = kv_bytes
@@ -646,9 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rec = mixed_case(a, b, sizes["mixed_W"], device)
         except Exception as e:  # noqa: BLE001  (a flashstream failure: record it, go on, exit 1 at the end)
-            tb = traceback.format_exc().strip().splitlines()
-            rec = {"kind": kind, "device": device, "case": [a, b],
-                   "error": f"{type(e).__name__}: {e}"[:2000] + " | " + " / ".join(tb[-6:])[:3000]}
+            rec = {"kind": kind, "device": device, "case": [a, b], "error": describe(e)}
             print(f"{kind} {a} {b}: FAILED {type(e).__name__}: {str(e)[:500]}", flush=True)
         rec["case_wall_s"] = time.monotonic() - t0
         rec["goals"] = GOALS[kind]

@@ -96,3 +96,24 @@ def test_gpu_branches_with_stand_ins(bench, monkeypatch):
     assert rec["flex_vs_ref"]["ok"] and rec["flex_vs_fs_absolute"]["ok"] and rec["speedup_vs_flex"] == 1.0
     rec = bench.mixed_case(2, 64, 20, "cpu")
     assert rec["speedup_vs_two_launches"] == 1.0 and bench.fs_checks_ok(rec)
+
+
+def test_a_peer_that_never_ran_is_not_retried(bench, monkeypatch):
+    monkeypatch.setattr(bench, "_broken_peers", {})
+    monkeypatch.setattr(bench, "_working_peers", set())
+    calls = []
+
+    def jit_fails():
+        calls.append(1)
+        raise RuntimeError("Ninja build failed")
+
+    recs = [{}, {}]
+    for rec in recs:
+        bench.try_peer(rec, "flashinfer", jit_fails, sticky=True)
+    assert len(calls) == 1 and "Ninja build failed" in recs[0]["flashinfer_error"]
+    assert recs[1]["flashinfer_error"].startswith("not run: failed in an earlier case")
+    # after a success, a later failure (one case out of memory) does not stop the next cases
+    bench.try_peer({}, "flex", lambda: None, sticky=True)
+    bench.try_peer({}, "flex", jit_fails, sticky=True)
+    bench.try_peer({}, "flex", jit_fails, sticky=True)
+    assert len(calls) == 3
