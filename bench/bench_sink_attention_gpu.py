@@ -121,7 +121,7 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
 
 
 def randn(shape, gen, device):
-    return torch.randn(shape, generator=gen, device=device, dtype=torch.float32).to(DTYPE)
+    return torch.randn(shape, generator=gen, device=device, dtype=DTYPE)
 
 
 # ---- cases' shared pieces -----------------------------------------------------------------------
