@@ -51,7 +51,7 @@ skips the cases left when it runs out, recording them as skipped.
 On the GPU machine bench/gpu_check.sh runs it (FlashInfer and apache-tvm-ffi come from the carried
 .whl/, see bench/prepare_gpu_wheels.sh). Alone there: install .whl/*.whl into a --target folder on
 PYTHONPATH, build with FLASHSTREAM_CUDA=ON, run this file. Expect FlashInfer's first plan() to
-JIT-compile its decode kernel (about a minute; ``flashinfer_plan_s``) and each prefill shape to
+JIT-compile its decode kernel (three nvcc jobs, not yet timed there; ``flashinfer_plan_s``) and each prefill shape to
 compile FlexAttention; ``case_wall_s`` records each case's wall time.
 """
 
