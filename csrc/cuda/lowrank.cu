@@ -1,6 +1,10 @@
 // Low-rank matmul chains on CUDA: the same argument checks and backward composition as the CPU
 // path (lowrank_args.h), then the kernels of include/flashstream/lowrank/cuda.cuh on the current
-// stream.
+// stream. lowrank_linear's forward in bf16 / fp16 takes the tensor-core kernel (cuda_tc.cuh)
+// whenever tc::use_tensor_cores allows it, else the SIMT kernel.
+#include <array>
+#include <atomic>
+
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -8,6 +12,7 @@
 #include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/lowrank/cuda.cuh"
+#include "flashstream/lowrank/cuda_tc.cuh"
 #include "lowrank_args.h"
 
 namespace flashstream::cuda {
@@ -16,6 +21,29 @@ namespace {
 namespace lr = ::flashstream::lowrank;
 
 void check_devices(const char* op, const at::Tensor& x) { check_cuda(op, "x", x); }
+
+// 10 * major + minor of the current device, queried once per device (0: not yet known).
+int compute_capability() {
+  static std::array<std::atomic<int>, 64> cache{};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  if (device < 0 || device >= int(cache.size())) return 0;  // unknown: the SIMT kernel
+  int cc = cache[size_t(device)].load(std::memory_order_relaxed);
+  if (cc == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    cc = 10 * major + minor;
+    cache[size_t(device)].store(cc, std::memory_order_relaxed);
+  }
+  return cc;
+}
+
+bool linear_on_tensor_cores(const LinearArgs& a, DType dt, const void* out) {
+  const auto op = [](const lr::Strided& s) { return lr::tc::Operand{s.ptr, s.rs, s.cs}; };
+  return lr::tc::use_tensor_cores(dt != DType::f32, compute_capability(), a.p.M, a.p.K, a.p.r, a.p.N, op(a.p.x),
+                                  op(a.p.a), op(a.p.b), out);
+}
 
 at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                                const std::optional<at::Tensor>& bias, std::optional<c10::string_view> activation) {
@@ -31,8 +59,15 @@ at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const a
   e.bias = a.bias ? a.bias->const_data_ptr() : nullptr;
   e.act = a.act;
   const cudaStream_t stream = current_stream(x);
-  check_launch(by_dtype(lowrank_dtype(x), [&](auto t) { return lr::cuda::launch_linear<decltype(t)>(a.p, e, stream); }),
-               op);
+  const DType dt = lowrank_dtype(x);
+  const bool tensor_cores = linear_on_tensor_cores(a, dt, e.out);
+  check_launch(by_dtype(dt, [&](auto t) {
+    using T = decltype(t);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (tensor_cores) return lr::tc::launch_linear_tc<T>(a.p, e, stream);
+    }
+    return lr::cuda::launch_linear<T>(a.p, e, stream);
+  }), op);
   return y;
 }
 
