@@ -39,10 +39,23 @@ int compute_capability() {
   return cc;
 }
 
-bool linear_on_tensor_cores(const LinearArgs& a, DType dt, const void* out) {
+bool linear_on_tensor_cores(const lr::LinearProblem& p, DType dt, const void* out) {
   const auto op = [](const lr::Strided& s) { return lr::tc::Operand{s.ptr, s.rs, s.cs}; };
-  return lr::tc::use_tensor_cores(dt != DType::f32, compute_capability(), a.p.M, a.p.K, a.p.r, a.p.N, op(a.p.x),
-                                  op(a.p.a), op(a.p.b), out);
+  return lr::tc::use_tensor_cores(dt != DType::f32, compute_capability(), p.M, p.K, p.r, p.N, op(p.x), op(p.a),
+                                  op(p.b), out);
+}
+
+// y = x A B on tensor cores (forward epilogue, ldo = N); the caller checked linear_on_tensor_cores.
+void launch_linear_tc(const char* op, const lr::LinearProblem& p, const lr::EpilogueArgs& e, DType dt,
+                      cudaStream_t stream) {
+  check_launch(by_dtype(dt, [&](auto t) {
+    using T = decltype(t);
+    if constexpr (std::is_same_v<T, float>) {
+      return cudaErrorInvalidValue;  // unreachable: the rule admits only bf16 / fp16
+    } else {
+      return lr::tc::launch_linear_tc<T>(p, e, stream);
+    }
+  }), op);
 }
 
 at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
@@ -60,14 +73,11 @@ at::Tensor lowrank_linear_cuda(const at::Tensor& x, const at::Tensor& A, const a
   e.act = a.act;
   const cudaStream_t stream = current_stream(x);
   const DType dt = lowrank_dtype(x);
-  const bool tensor_cores = linear_on_tensor_cores(a, dt, e.out);
-  check_launch(by_dtype(dt, [&](auto t) {
-    using T = decltype(t);
-    if constexpr (!std::is_same_v<T, float>) {
-      if (tensor_cores) return lr::tc::launch_linear_tc<T>(a.p, e, stream);
-    }
-    return lr::cuda::launch_linear<T>(a.p, e, stream);
-  }), op);
+  if (linear_on_tensor_cores(a.p, dt, e.out)) {
+    launch_linear_tc(op, a.p, e, dt, stream);
+  } else {
+    check_launch(by_dtype(dt, [&](auto t) { return lr::cuda::launch_linear<decltype(t)>(a.p, e, stream); }), op);
+  }
   return y;
 }
 
@@ -98,7 +108,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
     e.ldg = a.p.N;
     check_launch(by_dtype(dt, [&](auto t) { return lr::cuda::launch_linear<decltype(t)>(a.p, e, stream); }), op);
   };
-  return lowrank_linear_backward_with(a, x, A, B, gy, gemm, activation_grad);
+  // grad_x = (G B^T) A^T is lowrank_linear's chain with factors B^T, A^T: on tensor cores when the
+  // rule allows (row-major copies of the small transposed factors; G B^T rounded to the dtype, as
+  // the unfused chain's autograd rounds it).
+  auto grad_x_chain = [&](const at::Tensor& G, at::Tensor& grad_x) {
+    if (dt == DType::f32) return false;
+    const at::Tensor Bt = B.t().contiguous(), At = A.t().contiguous();  // [N, r], [r, K]
+    lr::LinearProblem q;
+    q.x = strided(G);
+    q.M = a.p.M;
+    q.K = a.p.N;
+    q.r = a.p.r;
+    q.N = a.p.K;
+    q.a = strided(Bt);
+    q.b = strided(At);
+    if (!linear_on_tensor_cores(q, dt, grad_x.const_data_ptr())) return false;
+    lr::EpilogueArgs e;
+    e.out = grad_x.mutable_data_ptr();
+    e.ldo = a.p.K;
+    launch_linear_tc(op, q, e, dt, stream);
+    return true;
+  };
+  return lowrank_linear_backward_with(a, x, A, B, gy, gemm, activation_grad, grad_x_chain);
 }
 
 at::Tensor run_ffn(const char* op, const FfnArgs& a, const at::Tensor& x) {

@@ -97,20 +97,14 @@ void run_grid(unsigned blocks, F&& kernel) {
   }
 }
 
-template <typename T, int RB>
-void launch_bucket(const lr::LinearProblem& p, const lr::EpilogueArgs& e) {
-  using L = tc::Layout<RB>;
-  g_smem.assign(size_t(L::halves), 0x7FC1);  // NaN-like garbage in both dtypes: must be written before read
-  run_grid(unsigned((p.M + L::BM - 1) / L::BM), [&] { tc::linear_tc_kernel<T, RB>(p, e); });
-}
-
+// launch_linear_tc on the host, for a GPU with `sms` multiprocessors.
 template <typename T>
-void launch(const lr::LinearProblem& p, const lr::EpilogueArgs& e) {  // launch_linear_tc's choice, on the host
-  switch (tc::rank_bucket(p.r)) {
-    case 64: return launch_bucket<T, 64>(p, e);
-    case 128: return launch_bucket<T, 128>(p, e);
-    default: return launch_bucket<T, 256>(p, e);
-  }
+void launch(const lr::LinearProblem& p, const lr::EpilogueArgs& e, int sms) {
+  tc::with_tile(p.r, p.M, sms, [&](auto bm, auto rb) {
+    using L = tc::Layout<decltype(bm)::value, decltype(rb)::value>;
+    g_smem.assign(size_t(L::halves), 0x7FC1);  // NaN-like garbage in both dtypes: must be written before read
+    run_grid(unsigned((p.M + L::BM - 1) / L::BM), [&] { tc::linear_tc_kernel<T, L::BM, decltype(rb)::value>(p, e); });
+  });
 }
 
 template <typename T> T cast(float v) { return flashstream::from_float<T>(v); }
@@ -127,7 +121,7 @@ double act_ref(lr::Activation act, double z) {
 // x [M, K] with row stride ldx (>= K), A [K, r], B [r, N]; y [M, N] plus a guard tail.
 template <typename T>
 bool run_case(int64_t M, int64_t K, int64_t r, int64_t N, int64_t ldx, bool bias, lr::Activation act, uint32_t seed,
-              double tol) {
+              double tol, int sms = 1) {
   std::mt19937 gen(seed);
   std::normal_distribution<float> nd;
   std::vector<T> x(size_t(M * ldx)), A(size_t(K * r)), B(size_t(r * N)), bz(static_cast<size_t>(N));
@@ -147,7 +141,7 @@ bool run_case(int64_t M, int64_t K, int64_t r, int64_t N, int64_t ldx, bool bias
   e.ldo = N;
   e.bias = bias ? bz.data() : nullptr;
   e.act = act;
-  launch<T>(p, e);
+  launch<T>(p, e, sms);
 
   double worst = 0.0;
   bool guard_ok = true;
@@ -168,9 +162,9 @@ bool run_case(int64_t M, int64_t K, int64_t r, int64_t N, int64_t ldx, bool bias
     }
   }
   const bool ok = worst <= tol && guard_ok;
-  std::printf("%s M=%lld K=%lld r=%lld N=%lld ldx=%lld bias=%d act=%d: max rel err %.3g guard %s %s\n",
+  std::printf("%s M=%lld K=%lld r=%lld N=%lld ldx=%lld bias=%d act=%d BM=%d: max rel err %.3g guard %s %s\n",
               std::is_same_v<T, bf16_t> ? "bf16" : "f16 ", (long long)M, (long long)K, (long long)r, (long long)N,
-              (long long)ldx, bias, int(act), worst, guard_ok ? "ok" : "WRITTEN", ok ? "ok" : "FAILED");
+              (long long)ldx, bias, int(act), tc::block_rows(tc::rank_bucket(r), M, sms), worst, guard_ok ? "ok" : "WRITTEN", ok ? "ok" : "FAILED");
   return ok;
 }
 
@@ -186,9 +180,9 @@ bool conflict_free(const std::vector<int64_t>& byte_addrs) {
 // Fragment loads, T stores and cp.async writes of one Layout are bank-conflict free; buffers are
 // disjoint and inside the allocation; the kernel fits every sm_80+ GPU's opt-in shared memory
 // per block (99 KB on sm_86 / sm_89; 163 KB on A100, 227 KB on H100).
-template <int RB>
+template <int BM, int RB>
 bool check_layout() {
-  using L = tc::Layout<RB>;
+  using L = tc::Layout<BM, RB>;
   bool ok = L::bytes <= 99 * 1024;
   auto frag_a = [](int ld) {  // 32-bit loads, per register
     bool good = true;
@@ -290,6 +284,8 @@ bool check_dispatch() {
   ok &= !rule(true, 90, 8192, 4096, 128, 4096, ok_op, buf + 4);        // misaligned y
   ok &= tc::rank_bucket(1) == 64 && tc::rank_bucket(64) == 64 && tc::rank_bucket(72) == 128 &&
         tc::rank_bucket(128) == 128 && tc::rank_bucket(136) == 256 && tc::rank_bucket(256) == 256;
+  ok &= tc::block_rows(64, 8192, 132) == 64 && tc::block_rows(128, 16896, 132) == 128 &&
+        tc::block_rows(128, 16768, 132) == 64 && tc::block_rows(256, 1 << 20, 1) == 64 && tc::block_rows(64, 5, 1) == 128;
   std::printf("dispatch rule %s\n", ok ? "ok" : "FAILED");
   return ok;
 }
@@ -299,9 +295,11 @@ bool check_dispatch() {
 int main() {
   int cases = 0, failed = 0;
   auto check = [&](bool ok) { ++cases; failed += !ok; };
-  check(check_layout<64>());
-  check(check_layout<128>());
-  check(check_layout<256>());
+  check(check_layout<128, 64>());
+  check(check_layout<128, 128>());
+  check(check_layout<64, 64>());
+  check(check_layout<64, 128>());
+  check(check_layout<64, 256>());
   check(check_dispatch());
   using A = lr::Activation;
   // bucket 64, two blocks (M tail), K tail in a chunk, N tail in a tile, strided x, bias + gelu
@@ -313,6 +311,9 @@ int main() {
   check(run_case<f16_t>(65, 32, 256, 264, 32, true, A::none, 4, 4e-3));
   check(run_case<bf16_t>(3, 8, 8, 8, 8, true, A::none, 5, 2e-2));  // tiny
   check(run_case<bf16_t>(129, 96, 128, 136, 104, true, A::gelu, 6, 2e-2));  // bucket 128 full, x row stride 104
+  // BM 64 for buckets 64 / 128 (fewer row blocks than multiprocessors)
+  check(run_case<bf16_t>(130, 40, 24, 136, 48, true, A::gelu, 7, 2e-2, 132));
+  check(run_case<f16_t>(129, 96, 128, 136, 104, true, A::silu, 8, 4e-3, 132));
   std::printf("%d cases, %d failed\n", cases, failed);
   return failed == 0 ? 0 : 1;
 }

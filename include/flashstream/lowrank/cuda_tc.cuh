@@ -1,14 +1,16 @@
 // lowrank_linear's forward on tensor cores for bf16 / fp16 (sm_80+): mma.sync.m16n8k16 with fp32
 // accumulation, cp.async double-buffered x / A / B chunks, the [BM, r] intermediate T in shared
 // memory rounded to the op's dtype (as the unfused chain rounds x @ A), bias + activation in the
-// epilogue. Tiling, layout, fragment maps and the dispatch rule are tc_params.h's.
+// epilogue. Tiling, layout, fragment maps and the dispatch rule are tc_params.h's. Also runs the
+// backward's grad_x = (G B^T) A^T (csrc/cuda/lowrank.cu).
 //
 // NEVER RUN ON A GPU: written and compile-checked (sm_80, sm_90a) without one. What has run is
 // the host emulation (tests/cuda_emu/lowrank_tc_emu.cpp): these kernels as plain C++ with 256
 // host threads a block, cp.async as synchronous copies and mma.sync emulated from the PTX ISA's
 // fragment tables; it checks index math, layouts, barriers and masking, not the real cp.async
 // asynchrony, the PTX itself, timing or occupancy. Fragments are read with 32-bit (A) and 16-bit
-// (B) shared loads, not ldmatrix; no wgmma / TMA (sm_90a) yet. No speed is claimed.
+// (B) shared loads, not ldmatrix; no wgmma / TMA (sm_90a) yet. ptxas (nvcc 13.0): 80-128
+// registers a thread, no spills except 8 bytes in the 128 x 128 tile on sm_90a. No speed is claimed.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -98,9 +100,9 @@ FS_DEVICE FS_INLINE uint32_t pack2(float lo, float hi) {
   return uint32_t(from_float<T>(lo).bits) | (uint32_t(from_float<T>(hi).bits) << 16);
 }
 
-template <typename T, int RB>
+template <typename T, int BM_, int RB>
 __global__ void __launch_bounds__(kThreads) linear_tc_kernel(const LinearProblem p, const EpilogueArgs e) {
-  using L = Layout<RB>;
+  using L = Layout<BM_, RB>;
   constexpr int BM = L::BM;
   FS_LOWRANK_TC_SMEM(smem);
   const int tid = int(threadIdx.x), lane = tid % 32, warp = tid / 32;
@@ -243,26 +245,38 @@ __global__ void __launch_bounds__(kThreads) linear_tc_kernel(const LinearProblem
   }
 }
 
-#if defined(__CUDACC__)
-template <typename T, int RB>
-cudaError_t launch_linear_tc_bucket(const LinearProblem& p, const EpilogueArgs& e, cudaStream_t stream) {
-  using L = Layout<RB>;
-  auto kernel = linear_tc_kernel<T, RB>;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::bytes);
-  if (err != cudaSuccess) return err;
-  kernel<<<dim3(unsigned(ceil_div(p.M, L::BM))), kThreads, size_t(L::bytes), stream>>>(p, e);
-  return cudaGetLastError();
+// run(BM, RB) (std::integral_constant's) with the tile for rank r and M rows on a GPU with `sms`
+// multiprocessors; launch_linear_tc's choice, shared with the host emulation.
+template <typename Run>
+auto with_tile(int64_t r, int64_t M, int sms, Run&& run) {
+  using B64 = std::integral_constant<int, 64>;
+  using B128 = std::integral_constant<int, 128>;
+  using B256 = std::integral_constant<int, 256>;
+  const int rb = rank_bucket(r);
+  const bool tall = block_rows(rb, M, sms) == 128;
+  switch (rb) {
+    case 64: return tall ? run(B128{}, B64{}) : run(B64{}, B64{});
+    case 128: return tall ? run(B128{}, B128{}) : run(B64{}, B128{});
+    default: return run(B64{}, B256{});
+  }
 }
 
+#if defined(__CUDACC__)
 // For problems that pass use_tensor_cores (the caller checks), forward epilogue, y with ldo = N.
 template <typename T>
 cudaError_t launch_linear_tc(const LinearProblem& p, const EpilogueArgs& e, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  switch (rank_bucket(p.r)) {
-    case 64: return launch_linear_tc_bucket<T, 64>(p, e, stream);
-    case 128: return launch_linear_tc_bucket<T, 128>(p, e, stream);
-    default: return launch_linear_tc_bucket<T, 256>(p, e, stream);
-  }
+  int device = 0, sms = 1;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return with_tile(p.r, p.M, sms, [&](auto bm, auto rb) {
+    using L = Layout<decltype(bm)::value, decltype(rb)::value>;
+    auto kernel = linear_tc_kernel<T, L::BM, decltype(rb)::value>;
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<dim3(unsigned(ceil_div(p.M, L::BM))), kThreads, size_t(L::bytes), stream>>>(p, e);
+    return cudaGetLastError();
+  });
 }
 #endif
 

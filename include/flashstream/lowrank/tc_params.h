@@ -3,7 +3,7 @@
 // cuda_tc.cuh, torch-free and host-testable (tests/cuda_emu/lowrank_tc_emu.cpp checks tile
 // coverage, bank conflicts and the rule, and runs the kernel on the host).
 //
-// Per CTA a block of BM rows; 8 warps as 4 (rows) x 2 (columns) over each product's tile:
+// Per CTA a block of BM rows (128 or 64, block_rows); 8 warps as 4 (rows) x 2 (columns) over each product's tile:
 //   stage 1: T = x[BM, K] A[K, RB] over k chunks of kBK, accumulators in registers, then rounded
 //            to the op's dtype into shared memory T[BM][RB] (as the unfused bf16/fp16 chain
 //            rounds x @ A); RB = r rounded up to 64 / 128 / 256, the padding columns are zero.
@@ -31,14 +31,19 @@ inline constexpr int64_t kMaxRank = 256;  // larger ranks stay on the SIMT kerne
 
 // The compile-time width of T for rank r: 64, 128 or 256.
 FS_HOST_DEVICE constexpr int rank_bucket(int64_t r) { return r <= 64 ? 64 : r <= 128 ? 128 : 256; }
-// Rows per CTA: 128, or 64 for the 256 bucket, which keeps stage 1 at 64 fp32 accumulators a thread.
-FS_HOST_DEVICE constexpr int block_rows(int rb) { return rb <= 128 ? 128 : 64; }
+// Rows per CTA: 128 when the rank bucket is <= 128 (stage 1 then holds at most 64 fp32
+// accumulators a thread) and there are enough rows for a block per multiprocessor; else 64, so
+// that mid-sized M (the M = 8192 is 64 blocks of 128 on 132 H100 SMs) spreads wider.
+FS_HOST_DEVICE constexpr int block_rows(int rb, int64_t M, int multiprocessors) {
+  return rb <= 128 && ceil_div(M, 128) >= multiprocessors ? 128 : 64;
+}
 
 // Shared memory in halves (uint16): [staging | T]. Staging holds kStages x (x chunk, A chunk) in
 // stage 1 and kStages x B chunk in stage 2.
-template <int RB>
+template <int BM_, int RB>
 struct Layout {
-  static constexpr int BM = block_rows(RB);
+  static constexpr int BM = BM_;
+  static_assert(BM == 64 || (BM == 128 && RB <= 128), "block rows: see block_rows");
   static constexpr int ldx = kBK + kPad;  // x chunk [BM][ldx]
   static constexpr int lda = RB + kPad;   // A chunk [kBK][lda]
   static constexpr int ldb = kBN + kPad;  // B chunk [kBK][ldb]
@@ -100,8 +105,9 @@ FS_HOST_DEVICE FS_INLINE bool vector_rows(const Operand& o) {
 // bf16 or fp16, the GPU is sm_80 or newer (cc = 10 * major + minor), 1 <= r <= 256, K, r and N
 // are multiples of 8, x, A and B are row-major (unit column stride) with row strides multiples
 // of 8 and 16-byte aligned base pointers, and y is 16-byte aligned with N columns. M is any.
-// Everything else (fp32, r > 256, odd shapes or strides, older GPUs, the backward's epilogue)
-// takes the SIMT kernel of cuda.cuh.
+// Everything else (fp32, r > 256, odd shapes or strides, older GPUs) takes the SIMT kernel of
+// cuda.cuh. The backward uses the rule too, for grad_x = (G B^T) A^T (factors B^T, A^T copied
+// row-major); its other products and the activation-gradient epilogue stay on the SIMT kernels.
 FS_HOST_DEVICE FS_INLINE bool use_tensor_cores(bool half_dtype, int cc, int64_t M, int64_t K, int64_t r, int64_t N,
                                                const Operand& x, const Operand& a, const Operand& b,
                                                const void* out) {
