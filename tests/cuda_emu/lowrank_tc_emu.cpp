@@ -1,10 +1,10 @@
 // Runs lowrank_linear's tensor-core kernel (include/flashstream/lowrank/cuda_tc.cuh) on the host
 // and checks its layout and dispatch rule (tc_params.h). Each block's 256 threads are host
-// threads (__syncthreads is a barrier); cp.async is a synchronous copy; mma.sync.m16n8k16 is
-// emulated per warp from the PTX ISA's fragment tables, written out here independently of the
-// kernel's maps (element-wise: a0..a7, b0..b3, c0..c3). Compared with a float64 reference of the
+// threads (__syncthreads is a barrier); cp.async is a synchronous copy; ldmatrix and
+// mma.sync.m16n8k16 are emulated per warp from the PTX ISA's tables, written out here
+// independently of the kernel's maps (element-wise: a0..a7, b0..b3, c0..c3). Compared with a float64 reference of the
 // unfused chain (x A rounded to the dtype, then B, bias, activation). Also: bank conflicts of
-// every fragment load / T store / cp.async write, disjoint buffers, output coverage (y is
+// every ldmatrix / T store / cp.async write, disjoint buffers, output coverage (y is
 // pre-filled with NaN and has a guard tail), and the dispatch rule. Not covered: real cp.async
 // asynchrony, the PTX itself, timing, occupancy. Built and run by tests/test_cuda_emu.py; exit
 // status 0 iff every case passes.
@@ -67,6 +67,24 @@ void emu_mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool
   }
 }
 #define FS_LOWRANK_TC_HOST_MMA(c, a, b, bf16) emu_mma(c, a, b, bf16)
+
+// One warp's ldmatrix.m8n8.x4 (PTX: lanes 8j..8j+7 give the row addresses of matrix j; lane l
+// receives in register j the elements (row l / 4, columns 2 (l % 4), +1) of matrix j, of its
+// transpose with .trans).
+static const uint16_t* g_rows[8][32];
+void emu_ldmatrix_x4(uint32_t (&d)[4], const uint16_t* row, bool trans) {
+  const int w = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+  g_rows[w][lane] = row;
+  g_warp_barrier[w]->arrive_and_wait();
+  const int r = lane / 4, c = 2 * (lane % 4);
+  for (int j = 0; j < 4; ++j) {
+    const uint16_t* const* m = g_rows[w] + 8 * j;  // the 8 rows of matrix j
+    const uint16_t lo = trans ? m[c][r] : m[r][c], hi = trans ? m[c + 1][r] : m[r][c + 1];
+    d[j] = uint32_t(lo) | (uint32_t(hi) << 16);
+  }
+  g_warp_barrier[w]->arrive_and_wait();
+}
+#define FS_LOWRANK_TC_HOST_LDSM(d, row, trans) emu_ldmatrix_x4(d, row, trans)
 
 #include "flashstream/lowrank/cuda_tc.cuh"
 
@@ -184,23 +202,17 @@ template <int BM, int RB>
 bool check_layout() {
   using L = tc::Layout<BM, RB>;
   bool ok = L::bytes <= 99 * 1024;
-  auto frag_a = [](int ld) {  // 32-bit loads, per register
+  auto ldsm = [](int ld, bool b_operand) {  // ldmatrix: each 8-lane phase reads 8 rows of 16 B
     bool good = true;
-    for (int reg = 0; reg < 4; ++reg) {
+    for (int q = 0; q < 4; ++q) {
       std::vector<int64_t> addr;
-      for (int lane = 0; lane < 32; ++lane) addr.push_back(2 * (tc::frag_a_row(lane, reg) * ld + tc::frag_a_col(lane, reg)));
+      for (int lane = 8 * q; lane < 8 * q + 8; ++lane) {
+        const int row = b_operand ? tc::ldsm_b_k(lane) : tc::ldsm_a_row(lane);
+        const int col = b_operand ? tc::ldsm_b_n(lane) : tc::ldsm_a_col(lane);
+        for (int wd = 0; wd < 4; ++wd) addr.push_back(2 * (row * ld + col) + 4 * wd);
+      }
       good &= conflict_free(addr);
     }
-    return good;
-  };
-  auto frag_b = [](int ld) {  // 16-bit loads, each half of each register
-    bool good = true;
-    for (int reg = 0; reg < 2; ++reg)
-      for (int h = 0; h < 2; ++h) {
-        std::vector<int64_t> addr;
-        for (int lane = 0; lane < 32; ++lane) addr.push_back(2 * ((tc::frag_b_k(lane, reg) + h) * ld + tc::frag_b_n(lane)));
-        good &= conflict_free(addr);
-      }
     return good;
   };
   auto store_c = [](int ld) {  // 32-bit stores of c pairs into T
@@ -225,7 +237,7 @@ bool check_layout() {
     }
     return good;
   };
-  const bool checks[] = {frag_a(L::ldx), frag_a(L::ldt), frag_b(L::lda), frag_b(L::ldb), store_c(L::ldt),
+  const bool checks[] = {ldsm(L::ldx, false), ldsm(L::ldt, false), ldsm(L::lda, true), ldsm(L::ldb, true), store_c(L::ldt),
                          pieces(tc::kBK, L::ldx, true), pieces(RB, L::lda, false), pieces(tc::kBN, L::ldb, false)};
   for (bool c : checks) ok &= c;
   // Disjoint regions: [x0 | x1 | a0 | a1] and [b0 | b1] inside staging, T after it.

@@ -8,9 +8,9 @@
 // the host emulation (tests/cuda_emu/lowrank_tc_emu.cpp): these kernels as plain C++ with 256
 // host threads a block, cp.async as synchronous copies and mma.sync emulated from the PTX ISA's
 // fragment tables; it checks index math, layouts, barriers and masking, not the real cp.async
-// asynchrony, the PTX itself, timing or occupancy. Fragments are read with 32-bit (A) and 16-bit
-// (B) shared loads, not ldmatrix; no wgmma / TMA (sm_90a) yet. ptxas (nvcc 13.0): 80-128
-// registers a thread, no spills except 8 bytes in the 128 x 128 tile on sm_90a. No speed is claimed.
+// asynchrony, the PTX itself, timing or occupancy. Fragments come by ldmatrix (emulated from the
+// PTX tables too); no wgmma / TMA (sm_90a) yet. ptxas (nvcc 13.0), capped at 128 registers for
+// two CTAs per SM: spills of at most 24 bytes in the 128 x 128 and 64 x 256 tiles. No speed is claimed.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -75,24 +75,37 @@ FS_DEVICE FS_INLINE void mma_16816(float (&c)[4], const uint32_t (&a)[4], const 
 #endif
 }
 
-// A fragment (16 x 16, row-major in shared memory with row stride LD halves) at s.
-template <int LD>
-FS_DEVICE FS_INLINE void load_frag_a(uint32_t (&a)[4], const uint16_t* s, int lane) {
-#pragma unroll
-  for (int reg = 0; reg < 4; ++reg)
-    a[reg] = *reinterpret_cast<const uint32_t*>(s + frag_a_row(lane, reg) * LD + frag_a_col(lane, reg));
+// ldmatrix.m8n8.x4(.trans).b16: four 8 x 8 matrices of 16-bit elements, each lane giving one row
+// address (tc_params.h, ldsm_*); with .trans each matrix arrives transposed.
+template <bool Trans>
+FS_DEVICE FS_INLINE void ldmatrix_x4(uint32_t (&d)[4], const uint16_t* row) {
+#if defined(__CUDA_ARCH__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (Trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(s));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(s));
+  }
+#elif defined(FS_LOWRANK_TC_HOST_LDSM)
+  FS_LOWRANK_TC_HOST_LDSM(d, row, Trans);
+#endif
 }
 
-// B fragment (16 x 8) of a [k][n] row-major shared buffer (row stride LD halves) at s: the two
-// k-neighbours of a register live in different rows, so they are read separately.
+// A fragment (16 x 16) of a row-major [m][k] shared buffer (row stride LD halves) at s.
 template <int LD>
-FS_DEVICE FS_INLINE void load_frag_b(uint32_t (&b)[2], const uint16_t* s, int lane) {
-  const int n = frag_b_n(lane);
-#pragma unroll
-  for (int reg = 0; reg < 2; ++reg) {
-    const int k = frag_b_k(lane, reg);
-    b[reg] = uint32_t(s[k * LD + n]) | (uint32_t(s[(k + 1) * LD + n]) << 16);
-  }
+FS_DEVICE FS_INLINE void load_frag_a(uint32_t (&a)[4], const uint16_t* s, int lane) {
+  ldmatrix_x4<false>(a, s + ldsm_a_row(lane) * LD + ldsm_a_col(lane));
+}
+
+// B fragments of two neighbouring n8 tiles (16 x 16 of a row-major [k][n] shared buffer, row
+// stride LD halves, at s): b[0..1] for columns 0-7, b[2..3] for 8-15.
+template <int LD>
+FS_DEVICE FS_INLINE void load_frag_b2(uint32_t (&b)[4], const uint16_t* s, int lane) {
+  ldmatrix_x4<true>(b, s + ldsm_b_k(lane) * LD + ldsm_b_n(lane));
 }
 
 template <typename T>
@@ -101,7 +114,7 @@ FS_DEVICE FS_INLINE uint32_t pack2(float lo, float hi) {
 }
 
 template <typename T, int BM_, int RB>
-__global__ void __launch_bounds__(kThreads) linear_tc_kernel(const LinearProblem p, const EpilogueArgs e) {
+__global__ void __launch_bounds__(kThreads, 2) linear_tc_kernel(const LinearProblem p, const EpilogueArgs e) {
   using L = Layout<BM_, RB>;
   constexpr int BM = L::BM;
   FS_LOWRANK_TC_SMEM(smem);
@@ -153,11 +166,15 @@ __global__ void __launch_bounds__(kThreads) linear_tc_kernel(const LinearProblem
 #pragma unroll
       for (int i = 0; i < L::mi; ++i) load_frag_a<L::ldx>(af[i], xs + (warp_m * L::wm + i * 16) * L::ldx + kk, lane);
 #pragma unroll
-      for (int j = 0; j < L::nj1; ++j) {
-        uint32_t bf[2];
-        load_frag_b<L::lda>(bf, as + kk * L::lda + warp_n * L::wn1 + j * 8, lane);
+      for (int j = 0; j < L::nj1; j += 2) {
+        uint32_t bf[4];
+        load_frag_b2<L::lda>(bf, as + kk * L::lda + warp_n * L::wn1 + j * 8, lane);
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
 #pragma unroll
-        for (int i = 0; i < L::mi; ++i) mma_16816<T>(acc1[i][j], af[i], bf);
+        for (int i = 0; i < L::mi; ++i) {
+          mma_16816<T>(acc1[i][j], af[i], b0);
+          mma_16816<T>(acc1[i][j + 1], af[i], b1);
+        }
       }
     }
     __syncthreads();  // chunk c's buffer may be refilled
@@ -213,11 +230,15 @@ __global__ void __launch_bounds__(kThreads) linear_tc_kernel(const LinearProblem
       for (int i = 0; i < L::mi; ++i)
         load_frag_a<L::ldt>(af[i], ts + (warp_m * L::wm + i * 16) * L::ldt + kc * kBK + kk, lane);
 #pragma unroll
-      for (int j = 0; j < L::nj2; ++j) {
-        uint32_t bf[2];
-        load_frag_b<L::ldb>(bf, bs + kk * L::ldb + warp_n * L::wn2 + j * 8, lane);
+      for (int j = 0; j < L::nj2; j += 2) {
+        uint32_t bf[4];
+        load_frag_b2<L::ldb>(bf, bs + kk * L::ldb + warp_n * L::wn2 + j * 8, lane);
+        const uint32_t b0[2] = {bf[0], bf[1]}, b1[2] = {bf[2], bf[3]};
 #pragma unroll
-        for (int i = 0; i < L::mi; ++i) mma_16816<T>(acc2[i][j], af[i], bf);
+        for (int i = 0; i < L::mi; ++i) {
+          mma_16816<T>(acc2[i][j], af[i], b0);
+          mma_16816<T>(acc2[i][j + 1], af[i], b1);
+        }
       }
     }
     __syncthreads();

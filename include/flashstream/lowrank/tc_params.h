@@ -25,7 +25,8 @@ inline constexpr int kBN = 128;                 // stage 2: output columns per t
 inline constexpr int kStages = 2;               // cp.async double buffering
 inline constexpr int kVec = 8;                  // halves per 16-byte cp.async
 // Row padding (halves) of every shared buffer: a row of 16 B more moves the next row by 4 banks,
-// so the 8 rows x 4 words of a fragment load hit 32 distinct banks, and rows stay 16 B aligned.
+// so the 8 rows of 16 B that one ldmatrix phase reads hit 32 distinct banks, and rows stay 16 B
+// aligned.
 inline constexpr int kPad = 8;
 inline constexpr int64_t kMaxRank = 256;  // larger ranks stay on the SIMT kernel (shared memory)
 
@@ -60,11 +61,11 @@ struct Layout {
   FS_HOST_DEVICE static constexpr int a_offset(int s) { return kStages * x_stage + s * a_stage; }
   FS_HOST_DEVICE static constexpr int b_offset(int s) { return s * b_stage; }
   static constexpr int t_offset = staging;
-  // Warp tiles: wm rows (mi m16 tiles) in both stages; wn1 / wn2 columns (nj1 / nj2 n8 tiles).
+  // Warp tiles: wm rows (mi m16 tiles) in both stages; wn1 / wn2 columns (nj1 / nj2 n8 tiles, even).
   static constexpr int wm = BM / kWarpsM, mi = wm / 16;
   static constexpr int wn1 = RB / kWarpsN, nj1 = wn1 / 8;
   static constexpr int wn2 = kBN / kWarpsN, nj2 = wn2 / 8;
-  static_assert(wm % 16 == 0 && wn1 % 8 == 0 && wn2 % 8 == 0, "warp tiles are whole mma tiles");
+  static_assert(wm % 16 == 0 && wn1 % 16 == 0 && wn2 % 16 == 0, "warp tiles are whole mma tiles, n8 tiles in pairs");
   static_assert(ldx % kVec == 0 && lda % kVec == 0 && ldb % kVec == 0 && ldt % kVec == 0, "rows 16 B aligned");
 };
 
@@ -76,13 +77,17 @@ static_assert(kBK / kVec == 4, "x pieces: 4 per row");
 FS_HOST_DEVICE constexpr int x_piece_row(int v) { return (v / 32) * 8 + v % 8; }
 FS_HOST_DEVICE constexpr int x_piece_col(int v) { return ((v / 8) % 4) * kVec; }
 
-// Fragment maps of mma.sync.m16n8k16 with 16-bit inputs (PTX ISA, "Matrix Fragments for
-// mma.m16n8k16"): lane = 4 * group + t. Each A / B register holds two halves, the lower index
-// in the low 16 bits; A's run along a row, B's along k.
-FS_HOST_DEVICE constexpr int frag_a_row(int lane, int reg) { return lane / 4 + 8 * (reg & 1); }
-FS_HOST_DEVICE constexpr int frag_a_col(int lane, int reg) { return 2 * (lane % 4) + 8 * (reg >> 1); }  // and +1
-FS_HOST_DEVICE constexpr int frag_b_k(int lane, int reg) { return 2 * (lane % 4) + 8 * reg; }           // and +1
-FS_HOST_DEVICE constexpr int frag_b_n(int lane) { return lane / 4; }
+// Fragments of mma.sync.m16n8k16 with 16-bit inputs (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16"), lane = 4 * group + t. A (16 x 16) and B (16 x 8) come from shared memory by
+// ldmatrix.m8n8, each lane giving the address of one 8-half row of one 8 x 8 matrix (lanes 8j..8j+7
+// matrix j). A, row-major [m][k], .x4: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15),
+// (8-15, 8-15), which land in the registers a0..a3 of the fragment. B, row-major [k][n], .x4.trans:
+// (k 0-7, n 0-7), (k 8-15, n 0-7) give b0, b1 of one n8 tile, then the same for n 8-15, the next.
+FS_HOST_DEVICE constexpr int ldsm_a_row(int lane) { return lane % 16; }
+FS_HOST_DEVICE constexpr int ldsm_a_col(int lane) { return (lane / 16) * 8; }
+FS_HOST_DEVICE constexpr int ldsm_b_k(int lane) { return lane % 16; }
+FS_HOST_DEVICE constexpr int ldsm_b_n(int lane) { return (lane / 16) * 8; }
+// Accumulator c_i of a lane: row, column of the 16 x 8 tile.
 FS_HOST_DEVICE constexpr int frag_c_row(int lane, int i) { return lane / 4 + 8 * (i >> 1); }
 FS_HOST_DEVICE constexpr int frag_c_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
 
