@@ -210,11 +210,17 @@ inline at::Tensor check_grad_y(const char* op, const at::Tensor& grad_y, const a
 //   grad_x = (G B^T) A^T,  grad_A = x^T (G B^T),  grad_B = (x A)^T G,  grad_bias = sum_rows G.
 // Every product goes through the device's `gemm(left, left_f32, M, K, right, right_f32, N, epi)`
 // (out = epi(left [M, K] @ right [K, N])); G itself through `activation_grad(G_out)`, which
-// recomputes z with the fused forward kernel instead of having the forward save it.
-template <typename Gemm, typename ActGrad>
+// recomputes z with the fused forward kernel instead of having the forward save it. A device may
+// compute grad_x = (G B^T) A^T as one fused chain instead: `grad_x_chain(G, grad_x)` returns
+// whether it did (the default never does).
+struct NoGradXChain {
+  bool operator()(const at::Tensor&, at::Tensor&) const { return false; }
+};
+
+template <typename Gemm, typename ActGrad, typename GradXChain = NoGradXChain>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backward_with(
     const LinearArgs& a, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const at::Tensor& gy,
-    Gemm&& gemm, ActGrad&& activation_grad) {
+    Gemm&& gemm, ActGrad&& activation_grad, GradXChain&& grad_x_chain = GradXChain{}) {
   const auto& p = a.p;
   const auto f32 = a.x2.options().dtype(at::kFloat);
   at::Tensor G = gy;
@@ -236,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
   at::Tensor grad_x = at::empty({p.M, p.K}, a.x2.options());
   at::Tensor grad_A = at::empty({p.K, p.r}, a.x2.options());
   at::Tensor grad_B = at::empty({p.r, p.N}, a.x2.options());
-  gemm(strided(U), true, p.M, p.r, transposed(A), false, p.K, epi_into(grad_x));
+  if (!grad_x_chain(G, grad_x)) gemm(strided(U), true, p.M, p.r, transposed(A), false, p.K, epi_into(grad_x));
   gemm(transposed(a.x2), false, p.K, p.M, strided(U), true, p.r, epi_into(grad_A));
   gemm(transposed(T), true, p.r, p.M, strided(G), false, p.N, epi_into(grad_B));
   at::Tensor grad_bias = at::sum(G, {0}, false, at::kFloat).to(x.scalar_type());

@@ -27,7 +27,11 @@ All three take float32, float16 or bfloat16 (every tensor the same dtype and dev
 with any strides) and accumulate in fp32; intermediates stay fp32 (the unfused chain in
 bf16/fp16 rounds them to bf16/fp16, so results agree to that dtype's precision), except
 bfloat16 on CPUs with AVX512-BF16: there every product is a bf16 dot product (fp32 accumulation)
-and each intermediate is rounded to bf16 first, as the unfused chain does. "gelu" is the
+and each intermediate is rounded to bf16 first, as the unfused chain does; likewise
+``lowrank_linear``'s bf16/fp16 forward on CUDA GPUs of compute capability 8.0+ when K, r and N
+are multiples of 8, r <= 256 and x, A, B are row-major with row strides multiples of 8 and
+16-byte aligned (tensor cores; ``x @ A`` rounded to the dtype; the other cases: fp32 kernels),
+and under the same conditions its backward's ``grad_x = (G B^T) A^T`` (``G B^T`` rounded). "gelu" is the
 exact erf GELU (``torch.nn.functional.gelu``), "silu" is ``x * sigmoid(x)``. The two FFN ops are
 inference only: they raise if a gradient is asked for.
 """
