@@ -1,7 +1,6 @@
 // Low-rank attention on CPU: argument checks (lowrank_attention_args.h), the fp32 workspace (A32,
 // P), then the ISA-selected kernels over at::parallel_for: factors, projection, attention.
 #include <cmath>
-#include <memory>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -9,6 +8,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/scratch.h"
 #include "cpu/isa/lowrank_attention.h"
 #include "flashstream/lowrank/attention_cpu_tiles.h"
 #include "lowrank_attention_args.h"
@@ -43,13 +43,13 @@ at::Tensor lowrank_attention_cpu(const at::Tensor& x, const at::Tensor& Aq, cons
   at::parallel_for(0, a.Din, 64, [&](int64_t begin, int64_t end) { kern.widen_factors(dt, a, begin, end); });
   const int64_t project_floats = lowrank::cpu::project_scratch_floats(a);
   at::parallel_for(0, a.B * a.S, lowrank::cpu::kProjectRows, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> scratch(new float[project_floats]);
+    AlignedScratch scratch(project_floats);
     kern.project(dt, a, begin, end, scratch.get());
   });
   const int64_t items = a.B * a.H * ((a.S + a.tile - 1) / a.tile);
   const int64_t attend_floats = lowrank::cpu::attend_scratch_floats(a);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> scratch(new float[attend_floats]);
+    AlignedScratch scratch(attend_floats);
     kern.attend(dt, a, begin, end, scratch.get());
   });
   return out;

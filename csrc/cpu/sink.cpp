@@ -1,7 +1,6 @@
 // Sink KV cache on CPU: argument checks (sink_args.h), the data checks only the CPU can afford
 // (page-table ranges, pool capacity), then the ISA-selected kernels over at::parallel_for.
 #include <algorithm>
-#include <memory>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -10,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/scratch.h"
 #include "cpu/isa/sink.h"
 #include "flashstream/sink/cpu_tiles.h"
 #include "flashstream/sink/split.h"
@@ -118,7 +118,7 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(q);
   at::parallel_for(0, items * a.splits, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> scratch(new float[scratch_floats]);
+    AlignedScratch scratch(scratch_floats);
     kern.attend(dt, a, begin, end, scratch.get());
   });
   if (a.splits > 1)
@@ -165,7 +165,7 @@ void sink_cache_append_cpu(const at::Tensor& k, const at::Tensor& v, at::Tensor&
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(k);
   at::parallel_for(0, a.B * a.Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> tmp(new float[a.D]);
+    AlignedScratch tmp(a.D);
     kern.append(dt, a, begin, end, tmp.get());
   });
   int64_t* len = lengths.mutable_data_ptr<int64_t>();
