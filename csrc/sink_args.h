@@ -6,6 +6,7 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include "check.h"
 #include "flashstream/common/dtype.h"
@@ -157,6 +158,70 @@ inline sink::AppendArgs sink_append_args(const char* op, const at::Tensor& k, co
   a.lengths = lengths.mutable_data_ptr<int64_t>();
   if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
   return a;
+}
+
+// sink_attention's checks that need no tensor data, and its kernel arguments (pointers set; the
+// cache fields only when a cache is given). Data checks (page-table ranges, capacity) are the
+// CPU binding's: on CUDA they would cost a host sync.
+inline sink::AttnArgs sink_attention_args(
+    const char* op, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& k_pool, const std::optional<at::Tensor>& v_pool,
+    const std::optional<at::Tensor>& page_table, const std::optional<at::Tensor>& lengths,
+    const std::optional<at::Tensor>& full_heads, int64_t sink_len, int64_t window, std::string_view positions,
+    double rope_theta, std::string_view rope_style, std::string_view mask, int64_t chunk_size, double scale,
+    double softcap, const std::optional<at::Tensor>& sink_logits, at::Tensor& out, at::Tensor& lse,
+    bool caller_outputs) {
+  check_sink_qkv(op, q, k, v);
+  sink::AttnArgs a;
+  a.positions = sink_positions(op, positions);
+  a.rope_style = sink_rope_style(op, rope_style);
+  a.g = sink_geometry(op, sink_len, window, sink_mask(op, mask), chunk_size);
+  FS_CHECK_VALUE(rope_theta > 0.0, op, "rope_theta must be > 0, got ", rope_theta);
+  FS_CHECK_VALUE(softcap >= 0.0, op, "softcap must be >= 0 (0: none), got ", softcap);
+  check_sink_logits(op, q, sink_logits);
+  const int n_cache = int(k_pool.has_value()) + int(v_pool.has_value()) + int(page_table.has_value()) + int(lengths.has_value());
+  FS_CHECK_VALUE(n_cache == 0 || n_cache == 4, op, "k_pool, v_pool, page_table and lengths come together or not at all");
+  if (full_heads.has_value()) {
+    check_dtype(op, "full_heads", *full_heads, at::kBool);
+    check_shape(op, "full_heads", *full_heads, {k.size(2)}, "[Hkv]");
+    check_same_device(op, "full_heads", *full_heads, q, "q");
+    check_contiguous(op, "full_heads", *full_heads);
+  }
+  a.B = q.size(0); a.T = q.size(1); a.Hq = q.size(2); a.Hkv = k.size(2); a.D = q.size(3);
+  if (n_cache == 4) {
+    check_sink_cache(op, k, *k_pool, *v_pool, *page_table, *lengths, full_heads);
+    a.page_size = k_pool->size(1);
+    a.pages_per_head = page_table->size(2);
+    a.pool_pages = k_pool->size(0);
+    a.k_pool = k_pool->const_data_ptr();
+    a.v_pool = v_pool->const_data_ptr();
+    a.page_table = page_table->const_data_ptr<int32_t>();
+    a.lengths = lengths->const_data_ptr<int64_t>();
+  }
+  a.rope_theta = rope_theta;
+  a.scale = float(scale);
+  a.softcap = float(softcap);
+  a.q = q.const_data_ptr();
+  a.k = k.const_data_ptr();
+  a.v = v.const_data_ptr();
+  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
+  if (sink_logits.has_value()) a.sink_logits = sink_logits->const_data_ptr<float>();
+  if (caller_outputs) check_sink_outputs(op, q, k, v, out, lse);
+  a.out = out.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr<float>();
+  return a;
+}
+
+// The split-KV partial states for a.splits splits (split.h's layout), pointers set in `a`; an
+// undefined tensor when a.splits == 1. Keep the returned tensor alive until the merge has run.
+inline at::Tensor sink_split_workspace(sink::AttnArgs& a, const at::Tensor& q) {
+  if (a.splits <= 1) return {};
+  const int64_t rows = a.B * a.T * a.Hq;
+  at::Tensor parts = at::empty({a.splits * rows * (a.D + 2)}, q.options().dtype(at::kFloat));
+  a.part_m = parts.mutable_data_ptr<float>();
+  a.part_l = a.part_m + a.splits * rows;
+  a.part_acc = a.part_l + a.splits * rows;
+  return parts;
 }
 
 }  // namespace flashstream

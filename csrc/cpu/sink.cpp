@@ -56,48 +56,16 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
                  at::Tensor& out, at::Tensor& lse, bool caller_outputs) {
   check_sink_qkv(op, q, k, v);
   check_cpu(op, "q", q);
-  sink::AttnArgs a;
-  a.positions = sink_positions(op, positions);
-  a.rope_style = sink_rope_style(op, rope_style);
-  a.g = sink_geometry(op, sink_len, window, sink_mask(op, mask), chunk_size);
-  FS_CHECK_VALUE(rope_theta > 0.0, op, "rope_theta must be > 0, got ", rope_theta);
-  FS_CHECK_VALUE(softcap >= 0.0, op, "softcap must be >= 0 (0: none), got ", softcap);
-  check_sink_logits(op, q, sink_logits);
-  const int n_cache = int(k_pool.has_value()) + int(v_pool.has_value()) + int(page_table.has_value()) + int(lengths.has_value());
-  FS_CHECK_VALUE(n_cache == 0 || n_cache == 4, op, "k_pool, v_pool, page_table and lengths come together or not at all");
-  if (full_heads.has_value()) {
-    check_dtype(op, "full_heads", *full_heads, at::kBool);
-    check_shape(op, "full_heads", *full_heads, {k.size(2)}, "[Hkv]");
-    check_same_device(op, "full_heads", *full_heads, q, "q");
-    check_contiguous(op, "full_heads", *full_heads);
-  }
-  a.B = q.size(0); a.T = q.size(1); a.Hq = q.size(2); a.Hkv = k.size(2); a.D = q.size(3);
+  sink::AttnArgs a = sink_attention_args(op, q, k, v, k_pool, v_pool, page_table, lengths, full_heads, sink_len,
+                                         window, positions, rope_theta, rope_style, mask, chunk_size, scale, softcap,
+                                         sink_logits, out, lse, caller_outputs);
   int64_t n_max = 0;
   bool any_full = false;
-  if (n_cache == 4) {
-    check_sink_cache(op, k, *k_pool, *v_pool, *page_table, *lengths, full_heads);
+  if (a.k_pool != nullptr) {  // the data checks only the CPU can afford
     n_max = check_cache_values(op, *k_pool, *page_table, *lengths);
-    a.page_size = k_pool->size(1);
-    a.pages_per_head = page_table->size(2);
-    a.pool_pages = k_pool->size(0);
     any_full = full_heads.has_value() && full_heads->any().item<bool>();
     check_capacity(op, a.g, any_full, n_max, a.page_size * a.pages_per_head);
-    a.k_pool = k_pool->const_data_ptr();
-    a.v_pool = v_pool->const_data_ptr();
-    a.page_table = page_table->const_data_ptr<int32_t>();
-    a.lengths = lengths->const_data_ptr<int64_t>();
   }
-  a.rope_theta = rope_theta;
-  a.scale = float(scale);
-  a.softcap = float(softcap);
-  a.q = q.const_data_ptr();
-  a.k = k.const_data_ptr();
-  a.v = v.const_data_ptr();
-  if (full_heads.has_value()) a.full_heads = full_heads->const_data_ptr<bool>();
-  if (sink_logits.has_value()) a.sink_logits = sink_logits->const_data_ptr<float>();
-  if (caller_outputs) check_sink_outputs(op, q, k, v, out, lse);
-  a.out = out.mutable_data_ptr();
-  a.lse = lse.mutable_data_ptr<float>();
   if (q.numel() == 0) return;
   const int64_t G = a.Hq / a.Hkv, tile = sink::cpu::query_tile(G);
   const int64_t items = a.B * a.Hkv * ((a.T + tile - 1) / tile);
@@ -106,14 +74,7 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   const bool every_token = any_full || a.g.window == sink::kNoWindow;
   const int64_t max_keys = every_token ? n_max + a.T : std::min(n_max, a.g.sink + a.g.window) + a.T;
   a.splits = sink::choose_splits(items, at::get_num_threads(), max_keys, 2 * sink::cpu::kKeyBlock);
-  at::Tensor parts;
-  if (a.splits > 1) {
-    const int64_t rows = a.B * a.T * a.Hq;
-    parts = at::empty({a.splits * rows * (a.D + 2)}, q.options().dtype(at::kFloat));
-    a.part_m = parts.mutable_data_ptr<float>();
-    a.part_l = a.part_m + a.splits * rows;
-    a.part_acc = a.part_l + a.splits * rows;
-  }
+  const at::Tensor parts = sink_split_workspace(a, q);
   const int64_t scratch_floats = sink::cpu::attend_scratch_floats(a.D, G);
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(q);

@@ -273,9 +273,6 @@ inline int64_t attend_blocks(const AttnArgs& a) {
   return a.B * a.Hkv * ((a.T + qpb - 1) / qpb) * ((G + hpb - 1) / hpb);
 }
 
-// Floats of partial state a split-KV launch with a.splits splits needs (part_m, part_l, part_acc).
-inline int64_t split_workspace_floats(const AttnArgs& a) { return a.splits * a.B * a.T * a.Hq * (a.D + 2); }
-
 template <typename T, int kDpl>
 cudaError_t launch_attend_dpl(const AttnArgs& a, cudaStream_t stream) {
   const int64_t G = a.Hq / a.Hkv, hpb = heads_per_block(G), qpb = queries_per_block(G);
