@@ -12,15 +12,12 @@ import torch.nn.functional as F
 from flashstream.data import minilm
 from flashstream.models.flashsvd import BertConfig, BertEncoder, SVDRanks, mean_pool
 from flashstream.lowrank import truncated_svd
-from flashstream.models.flashsvd.bert import fused_ops_available
 from flashstream.models.flashsvd.peak_memory import peak_activation_bytes
 
 needs_minilm = pytest.mark.skipif(not minilm.minilm_available(), reason=f"needs '{minilm.MINILM_INSTALL}', "
                                   "safetensors and tokenizers")
 needs_transformers = pytest.mark.skipif(importlib.util.find_spec("transformers") is None,
                                         reason="needs transformers (the independent cross-check)")
-MISSING_FUSED = fused_ops_available()
-needs_fused = pytest.mark.skipif(bool(MISSING_FUSED), reason=f"fused ops not in this build: {MISSING_FUSED}")
 
 SENTENCES = [  # Pride and Prejudice, chapter 1 (varied lengths, so the batch is padded)
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -175,7 +172,7 @@ def test_minilm_cosine_grows_with_rank(minilm_model, batch, one_thread):
     assert cos[0] < cos[1] < cos[2] and cos[2] > 1 - 1e-4
 
 
-@pytest.mark.parametrize("mode", ["dense", "unfused", pytest.param("fused", marks=needs_fused)])
+@pytest.mark.parametrize("mode", ["dense", "unfused", "fused"])
 def test_padding_does_not_change_embeddings(mode, one_thread):
     dense = BertEncoder.random(TINY, seed=5)
     model = dense if mode == "dense" else dense.compress(SVDRanks.uniform(16), mode=mode)
@@ -200,7 +197,6 @@ TOLS = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=2e-2
         torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
 
 
-@needs_fused
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_fused_equals_unfused(device, dtype, one_thread):
     dense = BertEncoder.random(TINY, seed=7)
@@ -213,7 +209,6 @@ def test_fused_equals_unfused(device, dtype, one_thread):
     torch.testing.assert_close(fused[mask].float(), unfused[mask].float(), **TOLS[dtype])
 
 
-@needs_fused
 @needs_minilm
 def test_fused_equals_unfused_minilm(minilm_model, batch, one_thread):
     ids, mask = batch
@@ -225,7 +220,6 @@ def test_fused_equals_unfused_minilm(minilm_model, batch, one_thread):
     torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-5)
 
 
-@needs_fused
 def test_fused_encoder_compiles_fullgraph(one_thread):
     low = BertEncoder.random(TINY, seed=9).compress(SVDRanks.uniform(16), mode="fused")
     ids, mask = _random_batch(TINY)
@@ -235,7 +229,6 @@ def test_fused_encoder_compiles_fullgraph(one_thread):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
-@needs_fused
 def test_fused_peak_activation_is_below_unfused(one_thread):
     # Not a timing: the profiler's allocation bytes are deterministic. The unfused FFN holds
     # [tokens, d_ff] twice (pre-activation and GELU), the fused one never.
@@ -269,12 +262,6 @@ def test_errors_name_the_argument():
         dense.hidden(torch.zeros(1, 41, dtype=torch.int64), torch.ones(1, 41, dtype=torch.bool))
     with pytest.raises(ValueError, match="already low-rank"):
         dense.compress(SVDRanks.uniform(8)).compress(SVDRanks.uniform(4))
-
-
-@pytest.mark.skipif(not MISSING_FUSED, reason="the fused ops are built")
-def test_fused_mode_without_the_ops_raises():
-    with pytest.raises(RuntimeError, match="needs flashstream.ops"):
-        BertEncoder.random(TINY).compress(SVDRanks.uniform(8), mode="fused")
 
 
 # ---- peak memory --------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import ops
 from ...data.minilm import BertConfig, read_config, read_weights
 from ...lowrank import LowRankLinear, truncated_svd
 
-__all__ = ["BertConfig", "SVDRanks", "BertEncoder", "MODES", "mean_pool", "fused_ops_available"]
+__all__ = ["BertConfig", "SVDRanks", "BertEncoder", "MODES", "mean_pool"]
 
 MODES = ("dense", "unfused", "fused")
 
@@ -63,21 +64,6 @@ def _two_gemms(m: LowRankLinear, x: torch.Tensor) -> torch.Tensor:
     # The unfused baseline as SVD-LLM/ASVD deploy factors: two nn.Linear-style GEMMs, the bias
     # fused into the second (the [tokens, r] intermediate goes through memory).
     return F.linear(F.linear(x, m.A.t()), m.B.t(), m.bias)
-
-
-def fused_ops_available() -> list[str]:
-    """The fused low-rank ops this build lacks (empty when the fused path can run)."""
-    from ... import ops
-    return [name for name in ("lowrank_attention", "lowrank_linear", "lowrank_ffn") if not hasattr(ops, name)]
-
-
-def _require_fused_ops():
-    missing = fused_ops_available()
-    if missing:
-        raise RuntimeError(f"flashstream BertEncoder: mode='fused' needs flashstream.ops.{', '.join(missing)}, "
-                           "which this build does not have")
-    from ... import ops
-    return ops
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -179,7 +165,6 @@ class LowRankBertLayer(DenseBertLayer):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.mode == "unfused":
             return super().forward(x, mask)
-        ops = _require_fused_ops()
         q, k, v, o = self.q, self.k, self.v, self.attn_out
         # The glue is in place and drops each intermediate as soon as it is used, so that at most
         # three [tokens, hidden] tensors are alive at once (the fused ops' point is the peak).
@@ -315,8 +300,6 @@ class BertEncoder(nn.Module):
         if (value == "dense") != (self.ranks is None):
             raise ValueError(f"flashstream BertEncoder: a {'dense' if self.ranks is None else 'low-rank'} "
                              f"model cannot run mode={value!r} (dense <-> low-rank needs compress())")
-        if value == "fused":
-            _require_fused_ops()
         for layer in self.layers:
             if isinstance(layer, LowRankBertLayer):
                 layer.mode = value
