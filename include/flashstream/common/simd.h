@@ -105,6 +105,40 @@ FS_INLINE void store(f16_t* p, vf x) {
   std::memcpy(p, &out, sizeof out);
 }
 
+// ---- tile transpose -----------------------------------------------------------------------------
+// Stage s of a kLanes x kLanes transpose on rows a (index i) and b (index i + s, (i & s) == 0):
+// swaps the off-diagonal s x s sub-blocks; after the stages s = 1, 2, 4, ... the tile is
+// transposed. Each output is one two-source permute (vpermt2ps on AVX-512).
+template <int s>
+FS_INLINE void transpose_stage(vf& a, vf& b) {
+  vi lo, hi;
+  for (int l = 0; l < kLanes; ++l) {
+    lo[l] = (l & s) ? kLanes + l - s : l;
+    hi[l] = (l & s) ? kLanes + l : l + s;
+  }
+  const vf na = __builtin_shuffle(a, b, lo), nb = __builtin_shuffle(a, b, hi);
+  a = na;
+  b = nb;
+}
+template <int s>
+FS_INLINE void transpose_stages(vf (&r)[kLanes]) {
+  if constexpr (s < kLanes) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kLanes; ++i)
+      if ((i & s) == 0) transpose_stage<s>(r[i], r[i + s]);
+    transpose_stages<2 * s>(r);
+  }
+}
+// dst[c * ds + r] = src[r * ss + c] for a kLanes x kLanes tile of floats.
+FS_INLINE void transpose_tile(const float* src, int64_t ss, float* dst, int64_t ds) {
+  vf r[kLanes];
+#pragma GCC unroll 16
+  for (int i = 0; i < kLanes; ++i) r[i] = load(src + i * ss);
+  transpose_stages<1>(r);
+#pragma GCC unroll 16
+  for (int i = 0; i < kLanes; ++i) store(dst + i * ds, r[i]);
+}
+
 // ---- math ---------------------------------------------------------------------------------------
 FS_INLINE vf abs(vf x) { return as_f(as_u(x) & 0x7FFFFFFFu); }
 FS_INLINE vf copysign(vf mag, vf sgn) { return as_f((as_u(mag) & 0x7FFFFFFFu) | (as_u(sgn) & 0x80000000u)); }

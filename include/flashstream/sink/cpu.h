@@ -425,8 +425,8 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
         continue;
       }
 #endif
-      for (int j = 0; j < kKeyBlock; ++j)
-        for (int64_t d = 0; d < D; ++d) kt[d * kKeyBlock + j] = kr[j * Dp + d];
+      for (int j0 = 0; j0 < kKeyBlock; j0 += kLanes)  // kt = kr^T (Dp is a multiple of kLanes)
+        for (int64_t d0 = 0; d0 < Dp; d0 += kLanes) simd::transpose_tile(kr + j0 * Dp + d0, Dp, kt + d0 * kKeyBlock + j0, kKeyBlock);
       for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock)
         block_rows(vis, G, frame, p0, nb, D, Dp, r0, rows - r0 < kRowBlock ? int(rows - r0) : kRowBlock, qf, kt, vb,
                    cap, sc, m, l, acc, zero_row);
