@@ -289,6 +289,35 @@ def test_every_cpu_isa(cpu_isa, dtype):
             assert torch.equal(s.double(), s_ref)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_short_chunks_are_bit_exact(cpu_isa, dtype):
+    # Chunks of at most 16 (AVX-512: the register path, for states of up to 48 inputs in one,
+    # two or four registers) against one offline call (the window path): the same taps in the
+    # same order, so the same bits; W = 50 (a state of 49) stays on the window path. Plus a state
+    # pool with a padding slot (-1: zeros in, nothing saved).
+    rng = random.Random(5)
+    for W, dil in ((2, 1), (4, 1), (5, 3), (9, 2), (17, 1), (4, 6), (31, 1), (33, 1), (7, 8), (50, 1)):
+        x, w, b, s = make(3, 37, 90, W, dil, dtype, "cpu")
+        s0 = s.clone()
+        offline = causal_conv1d(x, w, b, s0.clone(), dilation=dil, activation="silu")
+        sizes = [min(rng.choice([1, 2, 5, 15, 16]), 90 - t) for t in range(0, 90, 16)]
+        sizes += [90 - sum(sizes)] if sum(sizes) < 90 else []
+        streamed = run_chunked(x, w, b, s, [n for n in sizes if n], dilation=dil, activation="silu")
+        assert torch.equal(streamed, offline), (W, dil)
+        y_ref, s_ref = causal_conv1d_reference(x, w, b, s0, dil, "silu")
+        assert torch.equal(s.double(), s_ref)
+    x, w, b, _ = make(3, 37, 12, 4, 1, dtype, "cpu")
+    pool = torch.randn(5, 37, 3).to(dtype)
+    pool0 = pool.clone()
+    idx = torch.tensor([3, -1, 0], dtype=torch.int32)
+    y = causal_conv1d_update(x, pool, w, b, state_indices=idx)
+    states = torch.stack([pool0[3], torch.zeros_like(pool0[0]), pool0[0]])
+    y_ref, s_ref = causal_conv1d_reference(x, w, b, states, 1)
+    assert_rel_close(y, y_ref, TOL[dtype])
+    assert torch.equal(pool[3].double(), s_ref[0]) and torch.equal(pool[0].double(), s_ref[2])
+    assert torch.equal(pool[[1, 2, 4]], pool0[[1, 2, 4]])
+
+
 def test_layouts_agree(device):
     x, w, b, s = make(2, 48, 130, 7, 2, torch.float32, device)
     s2 = s.clone()

@@ -126,6 +126,14 @@ inline void compute_tile(const CausalConv1dParams& p, const float* wf, float bf,
   }
 }
 
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::conv::cpu
+
+#include "flashstream/conv/cpu_short.h"  // the AVX-512 register path for short rows
+
+namespace flashstream::conv::cpu {
+inline namespace FLASHSTREAM_ISA {
+
 // Rows [r0, r1) of B*C, x and y unit-stride along time, in (row, tile) items. Software-pipelined:
 // the window of the next item is filled before the current one is computed, so the window's
 // stores have left the store buffer when the shifted vector loads read them (a load overlapping
@@ -135,6 +143,9 @@ void time_major(const CausalConv1dParams& p, const T* x, const T* w, const T* bi
                 const int32_t* indices, T* y, float* scratch, int64_t r0, int64_t r1) {
   const int64_t Tn = p.seqlen;
   if (Tn == 0) return;
+#if defined(FS_CONV_HAS_SHORT_PATH)
+  if (short_rows(p, state)) return short_rows_run(p, x, w, bias, state, indices, y, r0, r1);
+#endif
   const int W = p.width;
   const int64_t tiles = (Tn + kTile - 1) / kTile;
   float* win[2] = {scratch, scratch + window_floats(p)};

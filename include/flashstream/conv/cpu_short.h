@@ -1,0 +1,195 @@
+// Depthwise causal conv1d on CPU, time-major rows of at most 16 outputs whose whole input
+// (state ++ x, L <= 48 so L + T <= 64 values) fits in four AVX-512 registers: every tap is one two-source permute of two adjacent
+// registers, and so is each 16 values of the new state, so nothing goes through the scratch
+// window of cpu.h's path (which stores the inputs and reloads them shifted; 3-5x slower on such
+// rows, measured at T = 16). The taps are summed in the window path's order (four partial sums,
+// combined ((a0 + a1) + (a2 + a3)) + bias), so both paths give the same bits and any chunking still
+// equals one offline call. Compiled into the AVX-512 build only; included by cpu.h.
+#pragma once
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#define FS_CONV_HAS_SHORT_PATH 1
+
+namespace flashstream::conv::cpu {
+inline namespace FLASHSTREAM_ISA {
+
+inline constexpr int kShortLanes = 16;
+inline constexpr int kShortRegs = 4;  // registers of one row's input
+inline constexpr int kShortMaxState = 48;
+
+// Rows of this call fit the register path: x and y rows unit-stride (time-major), T <= 16 (one
+// vector of outputs), L <= 48, and a state (when there is one) unit-stride along its L inputs.
+inline bool short_rows(const CausalConv1dParams& p, const void* state) {
+  return p.seqlen >= 1 && p.seqlen <= kShortLanes && p.state_len <= kShortMaxState &&
+         (state == nullptr || p.state_len == 0 || p.s_sl == 1);
+}
+
+// Lanes [0, n) of a row as raw 32-bit lanes (16-bit types zero-extended; zeros above n); masked
+// lanes never touch memory. The state holds inputs: it is moved raw, never converted.
+template <typename T>
+FS_INLINE __m512i load_raw(const T* p, __mmask16 m) {
+  if constexpr (sizeof(T) == 4) return _mm512_maskz_loadu_epi32(m, p);
+  else return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+}
+template <typename T>
+FS_INLINE void store_raw(T* p, __m512i v, __mmask16 m) {
+  if constexpr (sizeof(T) == 4) _mm512_mask_storeu_epi32(p, m, v);
+  else _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(v));
+}
+template <typename T>
+FS_INLINE __m512 to_floats(__m512i raw) {
+  if constexpr (std::is_same_v<T, float>) return _mm512_castsi512_ps(raw);
+  else if constexpr (std::is_same_v<T, bf16_t>) return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+  else return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));
+}
+// Lanes [0, n) of v to p, rounded as simd::store rounds (the window path's stores).
+template <typename T>
+FS_INLINE void store_lanes(T* p, __m512 v, __mmask16 m) {
+  if constexpr (sizeof(T) == 4) {
+    _mm512_mask_storeu_ps(p, m, v);
+  } else {
+    alignas(64) T tmp[kShortLanes];
+    simd::store(tmp, simd::vf(v));
+    _mm256_mask_storeu_epi16(p, m, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
+  }
+}
+
+FS_INLINE __mmask16 lanes_between(int64_t lo, int64_t hi) {  // lanes [lo, hi) of 16, clipped
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > kShortLanes ? kShortLanes : hi;
+  return lo < hi ? __mmask16(((1u << (hi - lo)) - 1u) << lo) : __mmask16(0);
+}
+
+// 16 consecutive lanes starting at lane `start` of the register sequence: registers start / 16
+// and the next, and the permute index that picks them.
+struct Window16 {
+  int reg;
+  __m512i idx;
+};
+inline Window16 window16(int start) {
+  Window16 w{start / kShortLanes, _mm512_setzero_si512()};
+  alignas(64) int32_t idx[kShortLanes];
+  for (int t = 0; t < kShortLanes; ++t) idx[t] = start % kShortLanes + t;  // 16..31: the next register
+  w.idx = _mm512_load_si512(idx);
+  return w;
+}
+
+// Lanes [start, start + 16) of the register sequence r (reg = start / 16 and the next). The
+// switch keeps every register index a constant, so r stays in registers (indexing an array of
+// vectors by a run-time value puts it on the stack, and the reload waits on the store).
+template <int R, typename V, typename Perm>
+FS_INLINE V pick16(const V (&r)[R + 1], const Window16& w, Perm perm) {
+  if constexpr (R == 1) {
+    return perm(r[0], w.idx, r[1]);
+  } else if constexpr (R == 2) {
+    return w.reg == 0 ? perm(r[0], w.idx, r[1]) : perm(r[1], w.idx, r[2]);
+  } else {
+    switch (w.reg) {
+      case 0: return perm(r[0], w.idx, r[1]);
+      case 1: return perm(r[1], w.idx, r[2]);
+      case 2: return perm(r[2], w.idx, r[3]);
+      default: return perm(r[3], w.idx, r[4]);
+    }
+  }
+}
+
+// Rows [r0, r1) of B*C. A row's input as registers in[0..4) holding the lanes of state ++ x: the
+// state in lanes [0, L), x in [L, L + T); input g (relative to x) is lane L + g, so tap k of
+// output t reads lane t + k * dilation and the new state is lanes [T, T + L). The next row's
+// loads are issued before this row's stores: its state load would otherwise wait on the store of
+// this row's state just below it (a store-forwarding stall that costs more than the row).
+template <typename T, int R>
+void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const T* bias, T* state,
+                    const int32_t* indices, T* y, int64_t r0, int64_t r1) {
+  const int W = p.width, dil = p.dilation;
+  const int L = int(p.state_len), Tn = int(p.seqlen);
+  const int regs = (L + Tn + kShortLanes - 1) / kShortLanes, state_regs = (L + kShortLanes - 1) / kShortLanes;
+  constexpr int SR = R < kShortMaxState / kShortLanes ? R : kShortMaxState / kShortLanes;  // state registers at most
+  Window16 tap[kShortMaxState + 1], keep[SR];  // W <= L + 1 taps
+  for (int k = 0; k < W; ++k) tap[k] = window16(k * dil);
+  for (int j = 0; j < state_regs; ++j) keep[j] = window16(Tn + j * kShortLanes);
+  __mmask16 state_mask[SR], x_mask[R];
+  int64_t x_off[R];
+  for (int j = 0; j < SR; ++j) state_mask[j] = lanes_between(0, L - j * kShortLanes);
+  for (int q = 0; q < R; ++q) {  // x's values in register q: lanes [L - 16 q, L - 16 q + T)
+    x_off[q] = int64_t(q) * kShortLanes - L;
+    x_mask[q] = lanes_between(-x_off[q], Tn - x_off[q]);
+  }
+  const __mmask16 mx = lanes_between(0, Tn);
+  auto perm_f = [](__m512 a, __m512i i, __m512 b) { return _mm512_permutex2var_ps(a, i, b); };
+  auto perm_i = [](__m512i a, __m512i i, __m512i b) { return _mm512_permutex2var_epi32(a, i, b); };
+  auto load_row = [&](int64_t b, int64_t c, T*& srow, __m512i (&in)[R + 1]) {
+    const int64_t slot = state_slot(p, state, indices, b);
+    srow = slot >= 0 ? state + slot * p.s_sb + c * p.s_sc : nullptr;
+    const T* xrow = x + b * p.x_sb + c * p.x_sc;
+#pragma GCC unroll 5
+    for (int j = 0; j <= R; ++j) {
+      in[j] = _mm512_setzero_si512();
+      if (j < SR && j < state_regs && srow != nullptr)
+        in[j] = load_raw(srow + j * kShortLanes, state_mask[j]);
+      // x's piece of register j starts x_off[j] values from x's start (before it for the first
+      // register, whose lower lanes are masked off and never read)
+      if (j < R && x_mask[j] != 0)
+        in[j] = _mm512_or_si512(in[j], load_raw(reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(xrow) +
+                                                                           x_off[j] * int64_t(sizeof(T))),
+                                                x_mask[j]));
+    }
+  };
+  T* srow = nullptr;
+  __m512i in[R + 1];
+  int64_t b = r0 / p.channels, c = r0 % p.channels;  // row r = b * C + c, advanced without divisions
+  if (r0 < r1) load_row(b, c, srow, in);
+  for (int64_t r = r0; r < r1; ++r) {
+    __m512 f[R + 1];
+#pragma GCC unroll 5
+    for (int j = 0; j <= R; ++j) f[j] = j < regs ? to_floats<T>(in[j]) : _mm512_setzero_ps();
+    auto tap_in = [&](int k) { return simd::vf(pick16<R>(f, tap[k], perm_f)); };
+    simd::vf a[4] = {simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f)};
+    const T* wr = w + c * W;
+    int k = 0;
+    for (; k + 4 <= W; k += 4) {
+      a[0] += bcast(to_float(wr[k])) * tap_in(k);
+      a[1] += bcast(to_float(wr[k + 1])) * tap_in(k + 1);
+      a[2] += bcast(to_float(wr[k + 2])) * tap_in(k + 2);
+      a[3] += bcast(to_float(wr[k + 3])) * tap_in(k + 3);
+    }
+    if (k < W) a[0] += bcast(to_float(wr[k])) * tap_in(k);
+    if (k + 1 < W) a[1] += bcast(to_float(wr[k + 1])) * tap_in(k + 1);
+    if (k + 2 < W) a[2] += bcast(to_float(wr[k + 2])) * tap_in(k + 2);
+    simd::vf acc = bcast(bias != nullptr ? to_float(bias[c]) : 0.0f) + ((a[0] + a[1]) + (a[2] + a[3]));
+    if (p.silu) acc = silu(acc);
+    __m512i new_state[SR];
+#pragma GCC unroll 3
+    for (int j = 0; j < SR; ++j)
+      new_state[j] = j < state_regs ? pick16<R>(in, keep[j], perm_i) : _mm512_setzero_si512();
+    T* const cur_srow = srow;
+    T* const yrow = y + b * p.y_sb + c * p.y_sc;
+    if (++c == p.channels) c = 0, ++b;
+    if (r + 1 < r1) load_row(b, c, srow, in);  // before this row's stores (see above)
+    store_lanes(yrow, __m512(acc), mx);
+#pragma GCC unroll 3
+    for (int j = 0; j < SR; ++j)
+      if (cur_srow != nullptr && j < state_regs) store_raw(cur_srow + j * kShortLanes, new_state[j], state_mask[j]);
+  }
+}
+
+// As few input registers as the row needs: one when L + T <= 16 (decode of narrow convs), two
+// up to 32 (T = 16 chunks of narrow convs), else four.
+template <typename T>
+void short_rows_run(const CausalConv1dParams& p, const T* x, const T* w, const T* bias, T* state,
+                    const int32_t* indices, T* y, int64_t r0, int64_t r1) {
+  if (p.state_len + p.seqlen <= kShortLanes) return short_rows_run_r<T, 1>(p, x, w, bias, state, indices, y, r0, r1);
+  if (p.state_len + p.seqlen <= 2 * kShortLanes) return short_rows_run_r<T, 2>(p, x, w, bias, state, indices, y, r0, r1);
+  return short_rows_run_r<T, kShortRegs>(p, x, w, bias, state, indices, y, r0, r1);
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::conv::cpu
+
+#endif  // AVX-512
