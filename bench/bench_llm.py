@@ -16,7 +16,10 @@ flashstream's over one-token steps past the window (same semantics at T = 1).
 Results: bench/results/llm-<device-tag>.json, each record with the load average after it. On a
 shared 2-core machine, two intra-op threads per process oversubscribe the cores and the numbers
 swing with the neighbours' load (llm-cpu-2c.json); --threads 1 (llm-cpu-1c.json) is steadier.
-fp32 decode is bound by reading the 540 MB of weights per token, for both contenders.
+fp32 decode is bound by reading the 540 MB of weights per token, for both contenders. A third
+process, ``gemm_floor``, runs only the model's matrix products on the same chunks (the same torch
+GEMMs both contenders call): peer time / its time bounds the speedup any fp32 implementation can
+reach here (``speedup_bound_*``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,28 @@ def _check_peer(ours, hf, ids, sink, window) -> float:
     return worst
 
 
+def _gemm_floor_step(model):
+    """Only the model's matrix products (q, k, v, o, gate, up, down per layer, then the tied
+    vocabulary projection) on the chunk's shapes, with the same torch GEMMs both contenders call:
+    a lower bound on any fp32 implementation's time, so peer time / this time bounds the speedup
+    that attention and cache work alone can buy."""
+    import torch.nn.functional as F
+    hidden = model.config.hidden_size
+    mats = [[m.weight for m in (b.attn.q_proj, b.attn.k_proj, b.attn.v_proj, b.attn.o_proj, b.mlp.gate_proj,
+                                b.mlp.up_proj, b.mlp.down_proj)] for b in model.layers]
+    vocab = model.embed.weight
+
+    @torch.no_grad()
+    def step(ids):
+        x = torch.randn(ids.shape[0], ids.shape[1], hidden, device=ids.device)
+        for q, k, v, o, g, u, d in mats:
+            F.linear(x, q), F.linear(x, k), F.linear(x, v)
+            x = F.linear(x, o)
+            x = F.linear(F.linear(x, g) * F.linear(x, u), d)
+        return F.linear(x, vocab)
+    return step
+
+
 def worker(args) -> dict:
     from flashstream.data import smollm2
     from flashstream.models.llm import LlamaDecoder, StreamingLLM
@@ -93,6 +118,8 @@ def worker(args) -> dict:
     if args.worker == "flashstream":
         runner = StreamingLLM(ours, sink=args.sink, window=args.window, device=dev)
         step = runner.step
+    elif args.worker == "gemm_floor":
+        step = _gemm_floor_step(ours)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -119,7 +146,7 @@ def worker(args) -> dict:
         step(ids[:, :8])  # warm-up (first-call costs), then restart the stream
     if args.worker == "flashstream":
         runner.reset()
-    else:
+    elif args.worker == "transformers":
         state.reset()
     _sync(dev)
     start = time.perf_counter()
@@ -149,7 +176,7 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, default=4096)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--decode", type=int, default=128)
-    p.add_argument("--worker", choices=["flashstream", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["flashstream", "transformers", "gemm_floor"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.chunk > args.window:
         p.error("--chunk must be <= --window (the peer's eviction makes room for one chunk)")
@@ -160,7 +187,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     records = []
     forwarded = [a for a in (argv if argv is not None else sys.argv[1:])]
-    for name in ("flashstream", "transformers"):
+    for name in ("flashstream", "transformers", "gemm_floor"):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, *forwarded, "--worker", name], capture_output=True, text=True)
         if out.returncode != 0:
@@ -170,16 +197,19 @@ def main(argv=None) -> int:
         rec.update(device=args.device, sink=args.sink, window=args.window, prefill=args.prefill, chunk=args.chunk,
                    decode=args.decode, wall_s=time.perf_counter() - t0, loadavg=list(__import__("os").getloadavg()))
         records.append(rec)
-    fs, hf = records
+    fs, hf, floor = records
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
         fs["speedup_" + key.split("_")[0]] = fs[key] / hf[key]
+        # the most any implementation running these GEMMs could gain over the peer
+        fs["speedup_bound_" + key.split("_")[0]] = floor[key] / hf[key]
     fs["goal_speedup"] = GOALS[args.device]
     print(harness.fmt_table(records, [("contender", "contender", "s"), ("prefill_tokens_per_s", "prefill tok/s", ".1f"),
                                       ("decode_tokens_per_s", "decode tok/s", ".1f"),
                                       ("peak_rss_extra_bytes", "peak RSS extra B", ",d"),
                                       ("check_max_abs_logit_diff", "peer check", ".1e")]))
     print(f"speedup: prefill {fs['speedup_prefill']:.2f}x, decode {fs['speedup_decode']:.2f}x "
-          f"(goal {GOALS[args.device]}x)")
+          f"(goal {GOALS[args.device]}x); bound from the GEMMs alone: prefill {fs['speedup_bound_prefill']:.2f}x, "
+          f"decode {fs['speedup_bound_decode']:.2f}x")
     print(f"written: {harness.write_results('llm', records, device=args.device)}")
     return 0
 
