@@ -46,7 +46,8 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   const cudaStream_t stream = current_stream(q);
   const DType dt = sink_dtype_of(q);
   const bool tensor_cores =
-      sink::tc::use_tensor_cores(dt != DType::f32, compute_capability(q), a.D, a.splits, a.T, a.Hq / a.Hkv);
+      sink::tc::use_tensor_cores(dt != DType::f32, compute_capability(q), a.D, a.splits, a.T, a.Hq / a.Hkv,
+                                 sink::tc::key_rows_aligned(a.k, a.v, a.k_pool, a.v_pool));
   check_launch(by_dtype(dt, [&](auto t) {
                  using T = decltype(t);
                  if constexpr (!std::is_same_v<T, float>) {

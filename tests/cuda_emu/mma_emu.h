@@ -1,6 +1,7 @@
 // Host emulation of one CTA's warps for the tensor-core kernels (include/flashstream/common/
 // mma.cuh): the CUDA built-ins a kernel reads, __syncthreads as a barrier of the block's host
-// threads, warp shuffles / votes through memory, and ldmatrix.m8n8.x4 / mma.sync.m16n8k16 computed
+// threads, warp shuffles / votes through memory, cp.async with its commit groups (copies landing
+// at issue or as late as their wait_group allows), and ldmatrix.m8n8.x4 / mma.sync.m16n8k16 computed
 // per warp from the PTX ISA's fragment tables, written out here independently of the kernels' maps
 // (element-wise: a0..a7, b0..b3, c0..c3). Include before the kernel header; run_block() runs one
 // block's threads. Used by lowrank_tc_emu.cpp and sink_tc_emu.cpp.
@@ -9,6 +10,7 @@
 
 #include <barrier>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -46,6 +48,41 @@ inline int __any_sync(unsigned, int pred) {
   __syncwarp();
   return any;
 }
+
+// cp.async: each thread's copies are queued per commit group and land either at once (g_cp_late
+// false: a copy into a buffer still being read shows up as a wrong result) or only when a
+// cp.async.wait_group lets their group complete (true: a read before its wait + barrier does).
+// Uncommitted copies complete with the next wait, like the last group.
+struct PendingCopy {
+  uint16_t* dst;
+  const uint16_t* src;  // null: zero-fill
+};
+static bool g_cp_late = false;
+static thread_local std::vector<std::vector<PendingCopy>> t_cp_groups;
+static thread_local std::vector<PendingCopy> t_cp_open;
+inline void emu_cp_land(const PendingCopy& c) {
+  if (c.src != nullptr) std::memcpy(c.dst, c.src, 16);
+  else std::memset(c.dst, 0, 16);
+}
+inline void emu_cp_async(uint16_t* dst, const uint16_t* src, bool valid) {
+  const PendingCopy c{dst, valid ? src : nullptr};
+  if (g_cp_late) t_cp_open.push_back(c);
+  else emu_cp_land(c);
+}
+inline void emu_cp_commit() {
+  t_cp_groups.push_back(std::move(t_cp_open));
+  t_cp_open.clear();
+}
+inline void emu_cp_wait(int pending) {
+  if (!t_cp_open.empty()) emu_cp_commit();
+  while (int(t_cp_groups.size()) > pending) {
+    for (const auto& c : t_cp_groups.front()) emu_cp_land(c);
+    t_cp_groups.erase(t_cp_groups.begin());
+  }
+}
+#define FS_MMA_HOST_CP_ASYNC(dst, src, valid) emu_cp_async(dst, src, valid)
+#define FS_MMA_HOST_CP_COMMIT() emu_cp_commit()
+#define FS_MMA_HOST_CP_WAIT(pending) emu_cp_wait(pending)
 
 // One warp's mma.sync: every lane posts its registers, then each lane computes its own c from
 // the whole 16 x 16 A and 16 x 8 B.

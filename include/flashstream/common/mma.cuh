@@ -3,8 +3,9 @@
 // lowrank/cuda_tc.cuh and sink/cuda_tc.cuh.
 //
 // Host emulation hooks (tests/cuda_emu/mma_emu.h defines them): compiled by a host compiler,
-// FS_MMA_HOST_EMU makes cp.async a synchronous copy, FS_MMA_HOST_MMA(c, a, b, bf16) and
-// FS_MMA_HOST_LDSM(d, row, trans) stand in for one lane's part of a warp's mma.sync / ldmatrix.
+// FS_MMA_HOST_CP_ASYNC / _COMMIT / _WAIT stand in for cp.async and its groups (without them,
+// FS_MMA_HOST_EMU makes cp.async a synchronous copy), FS_MMA_HOST_MMA(c, a, b, bf16) and
+// FS_MMA_HOST_LDSM(d, row, trans) for one lane's part of a warp's mma.sync / ldmatrix.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -22,6 +23,8 @@ FS_DEVICE FS_INLINE void cp_async16(uint16_t* smem, const uint16_t* gmem, bool v
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int src_bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes) : "memory");
+#elif defined(FS_MMA_HOST_CP_ASYNC)
+  FS_MMA_HOST_CP_ASYNC(smem, gmem, valid);
 #elif defined(FS_MMA_HOST_EMU)
   if (valid) std::memcpy(smem, gmem, 16);
   else std::memset(smem, 0, 16);
@@ -31,6 +34,8 @@ FS_DEVICE FS_INLINE void cp_async16(uint16_t* smem, const uint16_t* gmem, bool v
 FS_DEVICE FS_INLINE void cp_async_commit() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FS_MMA_HOST_CP_COMMIT)
+  FS_MMA_HOST_CP_COMMIT();
 #endif
 }
 
@@ -39,6 +44,8 @@ template <int Pending>
 FS_DEVICE FS_INLINE void cp_async_wait() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+#elif defined(FS_MMA_HOST_CP_WAIT)
+  FS_MMA_HOST_CP_WAIT(Pending);
 #endif
 }
 

@@ -8,7 +8,9 @@
 // P @ V for the head dims d = lane + 32 e. All bookkeeping (lengths) is read on the device, so a
 // step is graph-capturable. Split-KV (split.h): when the blocks alone would leave SMs idle (decode
 // of few streams), grid.y also enumerates key splits; each block then leaves its rows' partial
-// softmax states and merge_kernel finishes. No tensor cores yet.
+// softmax states and merge_kernel finishes. This SIMT kernel takes fp32, decode, split-KV and
+// other head dims; bf16 / fp16 prefill with at least 64 rows runs on tensor cores instead
+// (cuda_tc.cuh, dispatch rule in tc_params.h).
 #pragma once
 #include <cstdint>
 

@@ -3,19 +3,21 @@
 // cuda.cuh (visibility per query, the two rotary frames, full heads, chunk mask, softcap, sink
 // logits, lse). Tiling, layout, maps and the dispatch rule are tc_params.h's.
 //
-// Per CTA (stream b, kv head h, 64 rows): queries scaled, rotated into both frames in fp32 and
-// rounded to the dtype in shared memory; per frame the warp's Q fragments stay in registers. Per
-// key block of 64: row pointers through the page table, then K rotated (fp32, fp64 angle) and
-// rounded, V copied, into shared memory; S = Q K^T (mma.sync m16n8k16, fp32 accumulators), masked
-// per (row, key) by the rows' Visible, softcap, online softmax (row max / sum over the quad of
-// lanes sharing a row), P re-packed from the accumulator layout into A fragments (rounded to the
-// dtype, as FlashAttention does) and O += P V with V by ldmatrix.trans. Rotated keys and queries are
-// rounded to the dtype before the mma, as FlashInfer does; the SIMT kernel keeps them in fp32.
-// Key blocks are not double-buffered yet (load, barrier, compute, barrier).
+// Per CTA (stream b, kv head h, 64 rows), per frame: queries scaled, rotated in fp32 and rounded
+// to the dtype in shared memory, the warp's Q fragments then in registers. Key blocks of 64 rows
+// come through the page table by cp.async, double-buffered (block i + 1 in flight during block i);
+// K is rotated in place (fp32, fp64 angle reduced in fp64: cuda_keys.cuh rope_cos_sin) and
+// rounded; S = Q K^T (mma.sync m16n8k16, fp32 accumulators), masked per (row, key) by the rows'
+// Visible, softcap, online softmax (row max / sum over the quad of lanes sharing a row), P
+// re-packed from the accumulator layout into A fragments (rounded to the dtype, as FlashAttention
+// does) and O += P V with V by ldmatrix.trans. Rotated keys and queries are rounded to the dtype
+// before the mma, as FlashInfer does; the SIMT kernel keeps them in fp32.
 //
-// Host emulation: tests/cuda_emu/sink_tc_emu.cpp runs this kernel with 128 host threads a block,
-// mma.sync / ldmatrix emulated from the PTX tables (common/mma.cuh's hooks). What that does not
-// cover: the PTX itself, device memory ordering, timing, occupancy.
+// NEVER RUN ON A GPU: written and compile-checked (sm_80, sm_90a) without one. What has run is the
+// host emulation (tests/cuda_emu/sink_tc_emu.cpp): this kernel as plain C++ with 128 host threads a
+// block, mma.sync / ldmatrix emulated from the PTX fragment tables and cp.async landing at issue or
+// only at its wait_group (common/mma.cuh's hooks), against a float64 reference. It checks index math, layouts, barriers and masking, not the PTX itself,
+// device memory ordering, timing or occupancy. No speed is claimed.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -39,13 +41,8 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
   using L = Layout<D>;
   constexpr int half = D / 2, ld = L::ld;
   FS_SINK_TC_SMEM(smem);
-  uint16_t* q_frame[2] = {reinterpret_cast<uint16_t*>(smem + L::q_offset(0)),
-                          reinterpret_cast<uint16_t*>(smem + L::q_offset(1))};
-  uint16_t* ks = reinterpret_cast<uint16_t*>(smem + L::k_offset);
-  uint16_t* vs = reinterpret_cast<uint16_t*>(smem + L::v_offset);
+  uint16_t* qs = reinterpret_cast<uint16_t*>(smem + L::q_offset);
   double* inv_freq = reinterpret_cast<double*>(smem + L::freq_offset);
-  const T** krow = reinterpret_cast<const T**>(smem + L::ptr_offset);
-  const T** vrow = krow + kKeys;
   Visible* vis = reinterpret_cast<Visible*>(smem + L::vis_offset);
   int64_t* range = reinterpret_cast<int64_t*>(smem + L::range_offset);
 
@@ -60,6 +57,10 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
   const int64_t n = a.lengths != nullptr ? a.lengths[b] : 0;
   const bool full = a.full_heads != nullptr && a.full_heads[h];
   const bool rotary = a.positions != Positions::none;
+  const T* knew = static_cast<const T*>(a.k);
+  const T* vnew = static_cast<const T*>(a.v);
+  const T* kpool = static_cast<const T*>(a.k_pool);
+  const T* vpool = static_cast<const T*>(a.v_pool);
 
   if (tid < half) inv_freq[tid] = pow(a.rope_theta, -2.0 * double(tid) / double(D));
   if (tid < nq) vis[tid] = visible(a.g, n, a.T, n + t0 + tid, full);
@@ -82,31 +83,53 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
   const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
   const int64_t win_end = win_lo == INT64_MAX ? base : win_hi;
 
-  // Queries: row r = (query r / nh, head g0 + r % nh), scaled, rotated into both frames, rounded.
-  // Rows past `rows` are zero (their scores are masked anyway; zeros keep NaN out of the mma).
+  // Key blocks: the sink frame's keys, then the window frame's, kKeys at a time.
+  const KeyRange keys0 = split_frame_keys(0, sink_end, base, win_end, 0, 1);
+  const KeyRange keys1 = split_frame_keys(1, sink_end, base, win_end, 0, 1);
+  const int64_t blocks0 = (keys0.end - keys0.begin + kKeys - 1) / kKeys;
+  const int64_t blocks = blocks0 + (keys1.end - keys1.begin + kKeys - 1) / kKeys;
+  auto block_begin = [&](int64_t it) { return it < blocks0 ? keys0.begin + it * kKeys : keys1.begin + (it - blocks0) * kKeys; };
+  auto block_end = [&](int64_t it) { return it < blocks0 ? keys0.end : keys1.end; };
+
+  // cp.async of key block `it` into stage s: this thread's row of K or V (zeros past the block's
+  // end or for a slot outside the page table / pool: they read as zero keys, as in cuda.cuh).
+  const int crow = copy_row(tid);
+  const bool cv = copy_is_v(tid);
+  auto issue = [&](int64_t it, int s) {
+    const int64_t p = block_begin(it) + crow;
+    const T* row = p < block_end(it) ? cuda::key_ptr(a, cv ? vnew : knew, cv ? vpool : kpool, b, h, n, full, p) : nullptr;
+    uint16_t* dst = reinterpret_cast<uint16_t*>(smem + (cv ? L::v_offset(s) : L::k_offset(s))) + crow * ld;
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(row != nullptr ? row : knew);  // any valid address
+#pragma unroll
+    for (int c = 0; c < D / kVec; ++c) mma::cp_async16(dst + c * kVec, src + c * kVec, row != nullptr);
+  };
+
+  // Queries of one frame into qs: row r = (query r / nh, head g0 + r % nh), scaled, rotated,
+  // rounded. Rows past `rows` are zero (their scores are masked anyway; zeros keep NaN out of the mma).
   const T* q = static_cast<const T*>(a.q);
-  for (int idx = tid; idx < kRows * half; idx += kThreads) {
-    const int r = idx / half, f = idx % half;
-    const int i1 = rope_first(a.rope_style, f, half), i2 = rope_second(a.rope_style, f, half);
-    float x1 = 0.f, x2 = 0.f, y1 = 0.f, y2 = 0.f;
-    if (r < rows) {
-      const int64_t t = r / nh;
-      const T* src = q + ((b * a.T + t0 + t) * a.Hq + h * G + g0 + r % nh) * D;
-      x1 = to_float(src[i1]) * a.scale;
-      x2 = to_float(src[i2]) * a.scale;
-      y1 = x1;
-      y2 = x2;
-      if (rotary) {
-        const int64_t i = n + t0 + t;
-        cuda::rope_pair(inv_freq[f], query_pos_sink_frame(a.positions, vis[t], i), x1, x2);
-        cuda::rope_pair(inv_freq[f], query_pos_window_frame(a.positions, vis[t], i, base), y1, y2);
+  auto write_queries = [&](int frame) {
+    for (int idx = tid; idx < kRows * half; idx += kThreads) {
+      const int r = idx / half, f = idx % half;
+      const int i1 = rope_first(a.rope_style, f, half), i2 = rope_second(a.rope_style, f, half);
+      float x1 = 0.f, x2 = 0.f;
+      if (r < rows) {
+        const int64_t t = r / nh, i = n + t0 + t;
+        const T* src = q + ((b * a.T + t0 + t) * a.Hq + h * G + g0 + r % nh) * D;
+        x1 = to_float(src[i1]) * a.scale;
+        x2 = to_float(src[i2]) * a.scale;
+        if (rotary) {
+          float c, sn;
+          cuda::rope_cos_sin(inv_freq[f],
+                             frame == 0 ? query_pos_sink_frame(a.positions, vis[t], i)
+                                        : query_pos_window_frame(a.positions, vis[t], i, base),
+                             c, sn);
+          cuda::rotate_pair(c, sn, x1, x2);
+        }
       }
+      qs[r * ld + i1] = from_float<T>(x1).bits;
+      qs[r * ld + i2] = from_float<T>(x2).bits;
     }
-    q_frame[0][r * ld + i1] = from_float<T>(x1).bits;
-    q_frame[0][r * ld + i2] = from_float<T>(x2).bits;
-    q_frame[1][r * ld + i1] = from_float<T>(y1).bits;
-    q_frame[1][r * ld + i2] = from_float<T>(y2).bits;
-  }
+  };
 
   // The visible ranges of this lane's two rows (empty for rows past `rows`).
   int64_t row_sv[2], row_lo[2], row_hi[2];
@@ -125,68 +148,52 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) o[dt][e] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this lane's part of the row sums
+  uint32_t qf[D / 16][4];                                  // this warp's Q fragments, current frame
 
-  const T* knew = static_cast<const T*>(a.k);
-  const T* vnew = static_cast<const T*>(a.v);
-  const T* kpool = static_cast<const T*>(a.k_pool);
-  const T* vpool = static_cast<const T*>(a.v_pool);
-
-  for (int frame = 0; frame < 2; ++frame) {
-    const KeyRange keys = split_frame_keys(frame, sink_end, base, win_end, 0, 1);
-    if (keys.begin >= keys.end) continue;  // uniform over the CTA
-    __syncthreads();  // the queries are written
-    uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) mma::load_frag_a<ld>(qf[kk], q_frame[frame] + 16 * warp * ld + 16 * kk, lane);
-
-    for (int64_t p0 = keys.begin; p0 < keys.end; p0 += kKeys) {
-      const int nb = int(keys.end - p0 < kKeys ? keys.end - p0 : kKeys);
-      __syncthreads();  // the previous block's keys are consumed
-      if (tid < kKeys) {
-        const T* kr = nullptr;
-        const T* vr = nullptr;
-        if (tid < nb) {
-          kr = cuda::key_ptr(a, knew, kpool, b, h, n, full, p0 + tid);
-          vr = cuda::key_ptr(a, vnew, vpool, b, h, n, full, p0 + tid);
-        }
-        krow[tid] = kr != nullptr && vr != nullptr ? kr : nullptr;  // a missing slot reads as zeros
-        vrow[tid] = kr != nullptr && vr != nullptr ? vr : nullptr;
-      }
-      __syncthreads();
-      // K rotated at the frame's position and rounded; V as it is. A warp covers one key's pairs.
+  if (blocks > 0) issue(0, 0);
+  mma::cp_async_commit();
+  for (int64_t it = 0; it < blocks; ++it) {
+    const int s = int(it % kStages), frame = it < blocks0 ? 0 : 1;
+    const int64_t p0 = block_begin(it), p1 = block_end(it);
+    const int nb = int(p1 - p0 < kKeys ? p1 - p0 : kKeys);
+    // Stage (it + 1) % 2 was last read in iteration it - 1, before its closing barrier.
+    if (it + 1 < blocks) issue(it + 1, int((it + 1) % kStages));
+    mma::cp_async_commit();
+    const bool new_frame = it == 0 || it == blocks0;
+    if (new_frame) write_queries(frame);  // qs's readers loaded their fragments before an earlier barrier
+    mma::cp_async_wait<1>();  // block it has landed (this thread's rows) ...
+    __syncthreads();          // ... and everyone's; qs is written
+    uint16_t* ks = reinterpret_cast<uint16_t*>(smem + L::k_offset(s));
+    const uint16_t* vs = reinterpret_cast<const uint16_t*>(smem + L::v_offset(s));
+    if (rotary) {  // K in place at the frame's positions, rounded to the dtype
       for (int idx = tid; idx < kKeys * half; idx += kThreads) {
         const int j = idx / half, f = idx % half;
+        if (j >= nb) continue;  // zeros
         const int i1 = rope_first(a.rope_style, f, half), i2 = rope_second(a.rope_style, f, half);
-        const T* kr = krow[j];
-        const T* vr = vrow[j];
-        float x1 = 0.f, x2 = 0.f;
-        uint16_t w1 = 0, w2 = 0;
-        if (kr != nullptr) {
-          x1 = to_float(kr[i1]);
-          x2 = to_float(kr[i2]);
-          w1 = vr[i1].bits;
-          w2 = vr[i2].bits;
-          if (rotary) cuda::rope_pair(inv_freq[f], frame == 0 ? p0 + j : p0 + j - base, x1, x2);
-        }
+        float x1 = to_float(T{ks[j * ld + i1]}), x2 = to_float(T{ks[j * ld + i2]}), c, sn;
+        cuda::rope_cos_sin(inv_freq[f], frame == 0 ? p0 + j : p0 + j - base, c, sn);
+        cuda::rotate_pair(c, sn, x1, x2);
         ks[j * ld + i1] = from_float<T>(x1).bits;
         ks[j * ld + i2] = from_float<T>(x2).bits;
-        vs[j * ld + i1] = w1;
-        vs[j * ld + i2] = w2;
       }
       __syncthreads();
-
-      // Does any row of this warp see a key of the block? (Warp-uniform; no barrier below.)
-      bool sees = false;
+    }
+    if (new_frame) {
 #pragma unroll
-      for (int i = 0; i < 2; ++i)
-        sees |= frame == 0 ? row_sv[i] > p0 : (row_lo[i] < row_hi[i] && row_lo[i] < p0 + nb && row_hi[i] > p0);
-      if (!__any_sync(0xffffffffu, sees)) continue;
+      for (int kk = 0; kk < D / 16; ++kk) mma::load_frag_a<ld>(qf[kk], qs + 16 * warp * ld + 16 * kk, lane);
+    }
 
-      float s[kKeys / 8][4];
+    // Does any row of this warp see a key of the block? (Warp-uniform.)
+    bool sees = false;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+      sees |= frame == 0 ? row_sv[i] > p0 : (row_lo[i] < row_hi[i] && row_lo[i] < p0 + nb && row_hi[i] > p0);
+    if (__any_sync(0xffffffffu, sees)) {
+      float sc[kKeys / 8][4];
 #pragma unroll
       for (int nt = 0; nt < kKeys / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+        for (int e = 0; e < 4; ++e) sc[nt][e] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
 #pragma unroll
@@ -194,12 +201,12 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
           uint32_t kf[4];
           mma::ldmatrix_x4<false>(kf, ks + (8 * nt + ldsm_k_key(lane)) * ld + 16 * kk + ldsm_k_dim(lane));
           const uint32_t b0[2] = {kf[0], kf[1]}, b1[2] = {kf[2], kf[3]};
-          mma::mma_16816<T>(s[nt], qf[kk], b0);
-          mma::mma_16816<T>(s[nt + 1], qf[kk], b1);
+          mma::mma_16816<T>(sc[nt], qf[kk], b0);
+          mma::mma_16816<T>(sc[nt + 1], qf[kk], b1);
         }
 
-      // Mask, softcap, online softmax. Row i's values sit in s[.][2 i], s[.][2 i + 1] of the 4 lanes
-      // of a quad (lane % 4); the row max and sum reduce over the quad.
+      // Mask, softcap, online softmax. Row i's values sit in sc[.][2 i], sc[.][2 i + 1] of the 4
+      // lanes of a quad (lane % 4); the row max and sum reduce over the quad.
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int nt = 0; nt < kKeys / 8; ++nt)
@@ -208,10 +215,10 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
           const int i = e >> 1, jk = lane_key(nt, lane, e);
           const int64_t p = p0 + jk;
           const bool ok = jk < nb && (frame == 0 ? p < row_sv[i] : (p >= row_lo[i] && p < row_hi[i]));
-          float v = s[nt][e];
+          float v = sc[nt][e];
           if (a.softcap > 0.f) v = a.softcap * tanhf(v / a.softcap);
           v = ok ? v : -INFINITY;
-          s[nt][e] = v;
+          sc[nt][e] = v;
           mx[i] = fmaxf(mx[i], v);
         }
       float corr[2], m_use[2];
@@ -230,8 +237,8 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int i = e >> 1;
-          const float pv = expf(s[nt][e] - m_use[i]);
-          s[nt][e] = pv;
+          const float pv = expf(sc[nt][e] - m_use[i]);
+          sc[nt][e] = pv;
           l[i] += pv;
         }
 #pragma unroll
@@ -243,13 +250,13 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
       }
 
       // O += P V: the accumulators of n8 tiles 2 kc, 2 kc + 1 (keys 16 kc .. 16 kc + 15) are the
-      // A fragment of k step kc: a0 = (row g, keys 2t, 2t+1), a1 = (row g + 8, same keys), a2, a3 the
-      // same 8 keys further (PTX fragment tables, mma_frag.h).
+      // A fragment of k step kc: a0 = (row g, keys 2t, 2t+1), a1 = (row g + 8, same keys), a2, a3
+      // the same 8 keys further (PTX fragment tables, mma_frag.h).
 #pragma unroll
       for (int kc = 0; kc < kKeys / 16; ++kc) {
-        const uint32_t pa[4] = {mma::pack2<T>(s[2 * kc][0], s[2 * kc][1]), mma::pack2<T>(s[2 * kc][2], s[2 * kc][3]),
-                                mma::pack2<T>(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                mma::pack2<T>(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+        const uint32_t pa[4] = {mma::pack2<T>(sc[2 * kc][0], sc[2 * kc][1]), mma::pack2<T>(sc[2 * kc][2], sc[2 * kc][3]),
+                                mma::pack2<T>(sc[2 * kc + 1][0], sc[2 * kc + 1][1]),
+                                mma::pack2<T>(sc[2 * kc + 1][2], sc[2 * kc + 1][3])};
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt += 2) {
           uint32_t vf[4];
@@ -260,6 +267,7 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
         }
       }
     }
+    __syncthreads();  // stage s and qs may be refilled
   }
 
   // Epilogue: row sums over the quad, the sink logit in the denominator, 1 / l, lse.
