@@ -33,6 +33,9 @@ sinks and its own last W tokens):
   sink+window block mask (``flex_attn``: attention only; ``flex_full``: gather + rotary +
   attention). Same function as fs with positions="absolute", which is what the numerical check
   compares; ``speedup_vs_flex`` = flex_attn / fs_attend (positions "cache", the product mode).
+  flashstream's prefill here takes its tensor-core kernel (include/flashstream/sink/cuda_tc.cuh:
+  bf16, D 128, T x 4 >= 64 rows, no split-KV, aligned key rows; tc_params.h's rule), decode and
+  the mixed-heads decode the SIMT one (cuda.cuh).
 
 Mixed heads, decode, B in {1, 16} x context N in {4K, 32K}: kv heads 0-3 full (see all N tokens),
 4-7 streaming (4 sinks + 1020): one ``sink_cache_attend`` over one cache with ``full_heads`` vs two

@@ -13,7 +13,11 @@ intrinsics are not covered.
   threads as host threads (barriers for __syncthreads / __syncwarp, shuffles through memory);
 * lowrank_tc_emu.cpp: include/flashstream/lowrank/cuda_tc.cuh (lowrank_linear on tensor cores),
   256 host threads a block, mma.sync emulated from the PTX fragment tables, cp.async as copies;
-  plus its shared-memory bank conflicts, buffer overlaps, tile coverage and dispatch rule.
+  plus its shared-memory bank conflicts, buffer overlaps, tile coverage and dispatch rule;
+* sink_tc_emu.cpp: include/flashstream/sink/cuda_tc.cuh (sink attention on tensor cores), 128
+  host threads a block, mma.sync / ldmatrix emulated from the PTX tables (mma_emu.h, shared with
+  lowrank_tc_emu.cpp), against a float64 gather reference over paged caches; plus bank
+  conflicts, region layout, fragment coverage and the dispatch rule.
 """
 
 import os
@@ -30,6 +34,7 @@ EMULATORS = {  # source -> extra compiler flags
     "sink_compact_emu.cpp": [],
     "lowrank_attention_emu.cpp": ["-pthread"],
     "lowrank_tc_emu.cpp": ["-pthread"],
+    "sink_tc_emu.cpp": ["-pthread"],
 }
 
 

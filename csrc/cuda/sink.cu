@@ -1,9 +1,11 @@
 // Sink KV cache on CUDA: the same argument checks as the CPU path (sink_args.h), then the kernels
-// of include/flashstream/sink/cuda.cuh on the current stream. Checks that would need the device's
+// of include/flashstream/sink/cuda.cuh on the current stream; attention in bf16 / fp16 with enough
+// rows takes the tensor-core kernel (cuda_tc.cuh) when tc_params.h's use_tensor_cores allows. Checks that would need the device's
 // data (page-table ranges, lengths against capacity) are not made here: they would cost a host
 // sync and break graph capture. SinkCache checks capacity on its host mirror of the lengths, and
 // the kernels skip any slot outside a page table or the pool, so nothing is written out of bounds.
 #include <algorithm>
+#include <type_traits>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -13,6 +15,7 @@
 #include "cuda/dispatch.h"
 #include "cuda/stream.h"
 #include "flashstream/sink/cuda.cuh"
+#include "flashstream/sink/cuda_tc.cuh"
 #include "sink_args.h"
 
 namespace flashstream::cuda {
@@ -41,7 +44,18 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   a.splits = sink::choose_splits(sink::cuda::attend_blocks(a), multiprocessors(q), max_keys, 256);
   const at::Tensor parts = sink_split_workspace(a, q);
   const cudaStream_t stream = current_stream(q);
-  check_launch(by_dtype(sink_dtype_of(q), [&](auto t) { return sink::cuda::launch_attend<decltype(t)>(a, stream); }), op);
+  const DType dt = sink_dtype_of(q);
+  const bool tensor_cores =
+      sink::tc::use_tensor_cores(dt != DType::f32, compute_capability(q), a.D, a.splits, a.T, a.Hq / a.Hkv,
+                                 sink::tc::key_rows_aligned(a.k, a.v, a.k_pool, a.v_pool));
+  check_launch(by_dtype(dt, [&](auto t) {
+                 using T = decltype(t);
+                 if constexpr (!std::is_same_v<T, float>) {
+                   if (tensor_cores) return sink::tc::launch_attend_tc<T>(a, stream);
+                 }
+                 return sink::cuda::launch_attend<T>(a, stream);
+               }),
+               op);
 }
 
 std::tuple<at::Tensor, at::Tensor> sink_attention_cuda(

@@ -54,6 +54,23 @@ inline int64_t multiprocessors(const at::Tensor& t) {
   return n;
 }
 
+// 10 * major + minor of `t`'s device, looked up once per device (tensor-core dispatch rules).
+inline int compute_capability(const at::Tensor& t) {
+  static std::atomic<int> cached[64] = {};
+  const int dev = t.device().index();
+  if (dev < 0 || dev >= 64) return 0;  // unknown: the SIMT kernels
+  int cc = cached[dev].load(std::memory_order_relaxed);
+  if (cc == 0) {
+    int major = 0, minor = 0;
+    TORCH_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess,
+                "flashstream: cudaDeviceGetAttribute(ComputeCapability) failed on ", t.device());
+    cc = 10 * major + minor;
+    cached[dev].store(cc, std::memory_order_relaxed);
+  }
+  return cc;
+}
+
 inline void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "flashstream.", op, ": CUDA launch failed: ", cudaGetErrorString(err));
 }

@@ -1,90 +1,24 @@
 // Runs lowrank_linear's tensor-core kernel (include/flashstream/lowrank/cuda_tc.cuh) on the host
 // and checks its layout and dispatch rule (tc_params.h). Each block's 256 threads are host
-// threads (__syncthreads is a barrier); cp.async is a synchronous copy; ldmatrix and
-// mma.sync.m16n8k16 are emulated per warp from the PTX ISA's tables, written out here
-// independently of the kernel's maps (element-wise: a0..a7, b0..b3, c0..c3). Compared with a float64 reference of the
+// threads (__syncthreads is a barrier); cp.async lands at issue (the first cases) or only at its
+// wait_group (the last four: a read before wait + barrier shows); ldmatrix and
+// mma.sync.m16n8k16 are emulated per warp from the PTX ISA's tables (mma_emu.h, shared with
+// sink_tc_emu.cpp), written out independently of the kernel's maps. Compared with a float64 reference of the
 // unfused chain (x A rounded to the dtype, then B, bias, activation). Also: bank conflicts of
 // every ldmatrix / T store / cp.async write, disjoint buffers, output coverage (y is
 // pre-filled with NaN and has a guard tail), and the dispatch rule. Not covered: real cp.async
-// asynchrony, the PTX itself, timing, occupancy. Built and run by tests/test_cuda_emu.py; exit
+// asynchrony beyond those two extremes, the PTX itself, timing, occupancy. Built and run by tests/test_cuda_emu.py; exit
 // status 0 iff every case passes.
-#include <cuda_runtime.h>
-
-#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <set>
-#include <thread>
 #include <vector>
 
-#include "flashstream/common/dtype.h"
+#include "mma_emu.h"
 
-thread_local uint3 threadIdx;  // what the kernels read as built-ins
-uint3 blockIdx;
-#undef __launch_bounds__
-#define __launch_bounds__(...)
 static std::vector<uint16_t> g_smem;
 #define FS_LOWRANK_TC_SMEM(name) uint16_t* name = g_smem.data()
-#define FS_LOWRANK_TC_HOST_EMU 1
-
-static std::barrier<>* g_block_barrier = nullptr;
-static std::barrier<>* g_warp_barrier[8] = {};
-void __syncthreads() { g_block_barrier->arrive_and_wait(); }
-
-// One warp's mma.sync: every lane posts its registers, then each lane computes its own c from
-// the whole 16 x 16 A and 16 x 8 B.
-static uint32_t g_a[8][32][4], g_b[8][32][2];
-static float half_value(uint16_t bits, bool bf16) {
-  return bf16 ? flashstream::to_float(flashstream::bf16_t{bits}) : flashstream::to_float(flashstream::f16_t{bits});
-}
-static uint16_t half_of(const uint32_t* regs, int i) { return uint16_t(regs[i / 2] >> (16 * (i % 2))); }
-void emu_mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16) {
-  const int w = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
-  for (int i = 0; i < 4; ++i) g_a[w][lane][i] = a[i];
-  for (int i = 0; i < 2; ++i) g_b[w][lane][i] = b[i];
-  g_warp_barrier[w]->arrive_and_wait();
-  float A[16][16], B[16][8];
-  for (int l = 0; l < 32; ++l) {
-    const int group = l / 4, tig = l % 4;
-    for (int i = 0; i < 8; ++i) {  // PTX: a0,a1,a4,a5 in row groupID, a2,a3,a6,a7 in groupID + 8
-      const int row = (i == 2 || i == 3 || i == 6 || i == 7) ? group + 8 : group;
-      const int col = tig * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-      A[row][col] = half_value(half_of(g_a[w][l], i), bf16);
-    }
-    for (int i = 0; i < 4; ++i) {  // PTX: b0,b1 at k = 2 tig + (0, 1), b2,b3 8 further; column groupID
-      const int k = tig * 2 + (i & 1) + (i >= 2 ? 8 : 0);
-      B[k][group] = half_value(half_of(g_b[w][l], i), bf16);
-    }
-  }
-  g_warp_barrier[w]->arrive_and_wait();  // the posted registers may be overwritten
-  const int group = lane / 4, tig = lane % 4;
-  for (int i = 0; i < 4; ++i) {  // PTX: c0,c1 in row groupID, c2,c3 in groupID + 8; column 2 tig + (0, 1)
-    const int row = group + (i >= 2 ? 8 : 0), col = tig * 2 + (i & 1);
-    float s = c[i];
-    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
-    c[i] = s;
-  }
-}
-#define FS_LOWRANK_TC_HOST_MMA(c, a, b, bf16) emu_mma(c, a, b, bf16)
-
-// One warp's ldmatrix.m8n8.x4 (PTX: lanes 8j..8j+7 give the row addresses of matrix j; lane l
-// receives in register j the elements (row l / 4, columns 2 (l % 4), +1) of matrix j, of its
-// transpose with .trans).
-static const uint16_t* g_rows[8][32];
-void emu_ldmatrix_x4(uint32_t (&d)[4], const uint16_t* row, bool trans) {
-  const int w = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
-  g_rows[w][lane] = row;
-  g_warp_barrier[w]->arrive_and_wait();
-  const int r = lane / 4, c = 2 * (lane % 4);
-  for (int j = 0; j < 4; ++j) {
-    const uint16_t* const* m = g_rows[w] + 8 * j;  // the 8 rows of matrix j
-    const uint16_t lo = trans ? m[c][r] : m[r][c], hi = trans ? m[c + 1][r] : m[r][c + 1];
-    d[j] = uint32_t(lo) | (uint32_t(hi) << 16);
-  }
-  g_warp_barrier[w]->arrive_and_wait();
-}
-#define FS_LOWRANK_TC_HOST_LDSM(d, row, trans) emu_ldmatrix_x4(d, row, trans)
 
 #include "flashstream/lowrank/cuda_tc.cuh"
 
@@ -99,19 +33,7 @@ template <typename F>
 void run_grid(unsigned blocks, F&& kernel) {
   for (unsigned x = 0; x < blocks; ++x) {
     blockIdx.x = x; blockIdx.y = 0; blockIdx.z = 0;
-    std::barrier<> block(tc::kThreads);
-    std::vector<std::barrier<>*> warps;
-    for (int w = 0; w < tc::kThreads / 32; ++w) warps.push_back(new std::barrier<>(32));
-    g_block_barrier = &block;
-    for (int w = 0; w < tc::kThreads / 32; ++w) g_warp_barrier[w] = warps[size_t(w)];
-    std::vector<std::thread> threads;
-    for (unsigned t = 0; t < unsigned(tc::kThreads); ++t)
-      threads.emplace_back([&kernel, t] {
-        threadIdx.x = t; threadIdx.y = 0; threadIdx.z = 0;
-        kernel();
-      });
-    for (auto& th : threads) th.join();
-    for (auto* w : warps) delete w;
+    run_block(tc::kThreads, kernel);
   }
 }
 
@@ -321,6 +243,7 @@ int main() {
   check(run_case<bf16_t>(70, 136, 72, 40, 136, false, A::silu, 3, 2e-2));  // 5 k chunks
   // bucket 256 (BM 64), r = 256, several N tiles
   check(run_case<f16_t>(65, 32, 256, 264, 32, true, A::none, 4, 4e-3));
+  g_cp_late = true;  // from here on cp.async lands only at its wait_group (mma_emu.h)
   check(run_case<bf16_t>(3, 8, 8, 8, 8, true, A::none, 5, 2e-2));  // tiny
   check(run_case<bf16_t>(129, 96, 128, 136, 104, true, A::gelu, 6, 2e-2));  // bucket 128 full, x row stride 104
   // BM 64 for buckets 64 / 128 (fewer row blocks than multiprocessors)

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "flashstream/common/macros.h"
+#include "flashstream/common/mma_frag.h"
 #include "flashstream/lowrank/params.h"
 
 namespace flashstream::lowrank::tc {
@@ -77,19 +78,13 @@ static_assert(kBK / kVec == 4, "x pieces: 4 per row");
 FS_HOST_DEVICE constexpr int x_piece_row(int v) { return (v / 32) * 8 + v % 8; }
 FS_HOST_DEVICE constexpr int x_piece_col(int v) { return ((v / 8) % 4) * kVec; }
 
-// Fragments of mma.sync.m16n8k16 with 16-bit inputs (PTX ISA, "Matrix Fragments for
-// mma.m16n8k16"), lane = 4 * group + t. A (16 x 16) and B (16 x 8) come from shared memory by
-// ldmatrix.m8n8, each lane giving the address of one 8-half row of one 8 x 8 matrix (lanes 8j..8j+7
-// matrix j). A, row-major [m][k], .x4: matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15),
-// (8-15, 8-15), which land in the registers a0..a3 of the fragment. B, row-major [k][n], .x4.trans:
-// (k 0-7, n 0-7), (k 8-15, n 0-7) give b0, b1 of one n8 tile, then the same for n 8-15, the next.
-FS_HOST_DEVICE constexpr int ldsm_a_row(int lane) { return lane % 16; }
-FS_HOST_DEVICE constexpr int ldsm_a_col(int lane) { return (lane / 16) * 8; }
-FS_HOST_DEVICE constexpr int ldsm_b_k(int lane) { return lane % 16; }
-FS_HOST_DEVICE constexpr int ldsm_b_n(int lane) { return (lane / 16) * 8; }
-// Accumulator c_i of a lane: row, column of the 16 x 8 tile.
-FS_HOST_DEVICE constexpr int frag_c_row(int lane, int i) { return lane / 4 + 8 * (i >> 1); }
-FS_HOST_DEVICE constexpr int frag_c_col(int lane, int i) { return 2 * (lane % 4) + (i & 1); }
+// Fragment maps of mma.sync.m16n8k16 / ldmatrix: common/mma_frag.h (shared with sink attention).
+using mma::frag_c_col;
+using mma::frag_c_row;
+using mma::ldsm_a_col;
+using mma::ldsm_a_row;
+using mma::ldsm_b_k;
+using mma::ldsm_b_n;
 
 // Operands as the dispatch rule sees them: element pointer, strides in elements.
 struct Operand {

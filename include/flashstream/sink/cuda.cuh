@@ -8,7 +8,9 @@
 // P @ V for the head dims d = lane + 32 e. All bookkeeping (lengths) is read on the device, so a
 // step is graph-capturable. Split-KV (split.h): when the blocks alone would leave SMs idle (decode
 // of few streams), grid.y also enumerates key splits; each block then leaves its rows' partial
-// softmax states and merge_kernel finishes. No tensor cores yet.
+// softmax states and merge_kernel finishes. This SIMT kernel takes fp32, decode, split-KV and
+// other head dims; bf16 / fp16 prefill with at least 64 rows runs on tensor cores instead
+// (cuda_tc.cuh, dispatch rule in tc_params.h).
 #pragma once
 #include <cstdint>
 
@@ -16,6 +18,7 @@
 
 #include "flashstream/common/dtype.h"
 #include "flashstream/sink/args.h"
+#include "flashstream/sink/cuda_keys.cuh"
 #include "flashstream/sink/split.h"
 
 namespace flashstream::sink::cuda {
@@ -36,24 +39,6 @@ struct SmemLayout {
   FS_HOST_DEVICE int64_t bytes() const { return (2 * q_floats() + 2 * kKeys * ks) * 4; }
 };
 inline SmemLayout smem_layout(int64_t D) { return SmemLayout{D, D + 1}; }
-
-FS_DEVICE FS_INLINE void rope_pair(double inv_freq, int64_t pos, float& a, float& b) {
-  double s, c;
-  sincos(double(pos) * inv_freq, &s, &c);  // fp64: exact enough at any stream length
-  const float cf = float(c), sf = float(s);
-  const float x = a, y = b;
-  a = x * cf - y * sf;
-  b = y * cf + x * sf;
-}
-
-template <typename T>
-FS_DEVICE FS_INLINE const T* key_ptr(const AttnArgs& a, const T* base_new, const T* pool, int64_t b, int64_t h,
-                                     int64_t n, bool full, int64_t p) {
-  if (p >= n) return base_new + ((b * a.T + (p - n)) * a.Hkv + h) * a.D;
-  const int64_t off = slot_offset(a.page_table, a.pages_per_head, a.page_size, a.pool_pages, a.D, b, h, a.Hkv,
-                                  slot_of(a.g, p, full));
-  return off < 0 ? nullptr : pool + off;
-}
 
 // kDpl: head dims per lane (D <= 32 * kDpl).
 template <typename T, int kDpl>
