@@ -417,6 +417,17 @@ inline void pack_rows_bf16(Strided src, int64_t m0, int64_t mt, int64_t k0, int6
   for (int64_t i = mt; i < round_up(mt, kMR); ++i) std::memset(buf + i * ld, 0, kc2 * sizeof(uint16_t));
 }
 
+// fp32 rows (stride ld) -> bf16 rows (stride ld16, even), rounded to nearest even, zero past cols.
+inline void round_rows_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst, int64_t ld16) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* s = src + i * ld;
+    uint16_t* d = dst + i * ld16;
+    int64_t j = 0;
+    for (; j + kL <= cols; j += kL) simd::store(reinterpret_cast<bf16_t*>(d + j), simd::load(s + j));
+    for (; j < ld16; ++j) d[j] = j < cols ? from_float<bf16_t>(s[j]).bits : uint16_t(0);
+  }
+}
+
 template <typename TO>
 FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
                                       const Epilogue<TO, bf16_t>& e, int64_t tile_begin, int64_t tile_end) {
@@ -438,23 +449,8 @@ FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_
                          AccumulateSink{tbuf.p, ldt, k0 == 0});
     }
     if (p.K == 0) std::memset(tbuf.p, 0, mt_max * ldt * sizeof(float));
-    for (int64_t i = 0; i < round_up(mt, kMR); ++i) {  // T -> bf16 (round to nearest even)
-      const float* src = tbuf.p + i * ldt;
-      uint16_t* dst = tb16 + i * ldt16;
-      for (int64_t j = 0; j < ldt16; ++j) dst[j] = j < p.r ? from_float<bf16_t>(src[j]).bits : uint16_t(0);
-    }
+    round_rows_bf16(tbuf.p, ldt, round_up(mt, kMR), p.r, tb16, ldt16);  // T -> bf16 (round to nearest even)
     block_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
-  }
-}
-
-// fp32 rows (stride ld) -> bf16 rows (stride ld16, even), rounded to nearest even, zero past cols.
-inline void round_rows_bf16(const float* src, int64_t ld, int64_t rows, int64_t cols, uint16_t* dst, int64_t ld16) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* s = src + i * ld;
-    uint16_t* d = dst + i * ld16;
-    int64_t j = 0;
-    for (; j + kL <= cols; j += kL) simd::store(reinterpret_cast<bf16_t*>(d + j), simd::load(s + j));
-    for (; j < ld16; ++j) d[j] = j < cols ? from_float<bf16_t>(s[j]).bits : uint16_t(0);
   }
 }
 
