@@ -83,16 +83,15 @@ FS_INLINE vf load(const f16_t* p) {
   return as_f(sign | mag);
 }
 
-FS_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
-FS_INLINE void store(bf16_t* p, vf x) {
+// The 16-bit patterns of x rounded to nearest even (NaN stays a quiet NaN), in the low halves of
+// 32-bit lanes: what store() writes, for callers that store them their own way.
+FS_INLINE vu bf16_bits(vf x) {
   const vu u = as_u(x);
   const vu nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
   const vu rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  const vu out = nan ? ((u >> 16) | 0x40u) : rounded;
-  const vh h = __builtin_convertvector(out, vh);
-  std::memcpy(p, &h, sizeof h);
+  return nan ? ((u >> 16) | 0x40u) : rounded;
 }
-FS_INLINE void store(f16_t* p, vf x) {
+FS_INLINE vu f16_bits(vf x) {
   const vu u = as_u(x);
   const vu sign = (u >> 16) & 0x8000u;
   const vu a = u & 0x7FFFFFFFu;
@@ -101,8 +100,17 @@ FS_INLINE void store(f16_t* p, vf x) {
   vu h = a >= 0x38800000u ? normal : sub;
   h = a >= 0x477FF000u ? splat_u(0x7C00u) : h;
   h = a > 0x7F800000u ? splat_u(0x7E00u) : h;
-  const vh out = __builtin_convertvector(sign | h, vh);
-  std::memcpy(p, &out, sizeof out);
+  return sign | h;
+}
+
+FS_INLINE void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+FS_INLINE void store(bf16_t* p, vf x) {
+  const vh h = __builtin_convertvector(bf16_bits(x), vh);
+  std::memcpy(p, &h, sizeof h);
+}
+FS_INLINE void store(f16_t* p, vf x) {
+  const vh h = __builtin_convertvector(f16_bits(x), vh);
+  std::memcpy(p, &h, sizeof h);
 }
 
 // ---- tile transpose -----------------------------------------------------------------------------

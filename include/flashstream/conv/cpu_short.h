@@ -51,13 +51,9 @@ FS_INLINE __m512 to_floats(__m512i raw) {
 // Lanes [0, n) of v to p, rounded as simd::store rounds (the window path's stores).
 template <typename T>
 FS_INLINE void store_lanes(T* p, __m512 v, __mmask16 m) {
-  if constexpr (sizeof(T) == 4) {
-    _mm512_mask_storeu_ps(p, m, v);
-  } else {
-    alignas(64) T tmp[kShortLanes];
-    simd::store(tmp, simd::vf(v));
-    _mm256_mask_storeu_epi16(p, m, _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp)));
-  }
+  if constexpr (std::is_same_v<T, float>) _mm512_mask_storeu_ps(p, m, v);
+  else if constexpr (std::is_same_v<T, bf16_t>) _mm512_mask_cvtepi32_storeu_epi16(p, m, __m512i(simd::bf16_bits(simd::vf(v))));
+  else _mm512_mask_cvtepi32_storeu_epi16(p, m, __m512i(simd::f16_bits(simd::vf(v))));
 }
 
 FS_INLINE __mmask16 lanes_between(int64_t lo, int64_t hi) {  // lanes [lo, hi) of 16, clipped
@@ -151,17 +147,27 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
     for (int j = 0; j <= R; ++j) f[j] = j < regs ? to_floats<T>(in[j]) : _mm512_setzero_ps();
     auto tap_in = [&](int k) { return simd::vf(pick16<R>(f, tap[k], perm_f)); };
     simd::vf a[4] = {simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f)};
-    const T* wr = w + c * W;
+    // the row's weights as floats: fp32 read in place; 16-bit ones converted 16 at a time (a
+    // scalar fp16 conversion per tap costs more than the tap)
+    alignas(64) float wconv[kShortMaxState + kShortLanes];
+    const float* wr;
+    if constexpr (std::is_same_v<T, float>) {
+      wr = w + c * W;
+    } else {
+      for (int j = 0; j < W; j += kShortLanes)
+        _mm512_store_ps(wconv + j, to_floats<T>(load_raw(w + c * W + j, lanes_between(0, W - j))));
+      wr = wconv;
+    }
     int k = 0;
     for (; k + 4 <= W; k += 4) {
-      a[0] += bcast(to_float(wr[k])) * tap_in(k);
-      a[1] += bcast(to_float(wr[k + 1])) * tap_in(k + 1);
-      a[2] += bcast(to_float(wr[k + 2])) * tap_in(k + 2);
-      a[3] += bcast(to_float(wr[k + 3])) * tap_in(k + 3);
+      a[0] += bcast(wr[k]) * tap_in(k);
+      a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
+      a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
+      a[3] += bcast(wr[k + 3]) * tap_in(k + 3);
     }
-    if (k < W) a[0] += bcast(to_float(wr[k])) * tap_in(k);
-    if (k + 1 < W) a[1] += bcast(to_float(wr[k + 1])) * tap_in(k + 1);
-    if (k + 2 < W) a[2] += bcast(to_float(wr[k + 2])) * tap_in(k + 2);
+    if (k < W) a[0] += bcast(wr[k]) * tap_in(k);
+    if (k + 1 < W) a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
+    if (k + 2 < W) a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
     simd::vf acc = bcast(bias != nullptr ? to_float(bias[c]) : 0.0f) + ((a[0] + a[1]) + (a[2] + a[3]));
     if (p.silu) acc = silu(acc);
     __m512i new_state[SR];
