@@ -36,18 +36,20 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
                                          sink_logits, out, lse, caller_outputs);
   DeviceGuard guard(q);
   if (q.numel() == 0) return;
-  // Split-KV when the blocks alone leave SMs idle. The lengths live on the device, so the keys an
-  // item may see are bounded by what its page table holds (sink + window for streaming heads).
+  // Prefill with enough rows takes the tensor cores, unsplit (the rule asked with splits = 1): even
+  // a grid that leaves SMs idle beats the SIMT kernel's fp32 FMAs spread wider by split-KV.
+  const DType dt = sink_dtype_of(q);
+  const bool tensor_cores =
+      sink::tc::use_tensor_cores(dt != DType::f32, compute_capability(q), a.D, 1, a.T, a.Hq / a.Hkv,
+                                 sink::tc::key_rows_aligned(a.k, a.v, a.k_pool, a.v_pool));
+  // Otherwise split-KV when the blocks alone leave SMs idle. The lengths live on the device, so the
+  // keys an item may see are bounded by what its page table holds (sink + window for streaming heads).
   const int64_t capacity = a.page_table != nullptr ? a.pages_per_head * a.page_size : 0;
   const bool every_token = full_heads.has_value() || a.g.window == sink::kNoWindow;
   const int64_t max_keys = (every_token ? capacity : std::min(capacity, a.g.sink + a.g.window)) + a.T;
-  a.splits = sink::choose_splits(sink::cuda::attend_blocks(a), multiprocessors(q), max_keys, 256);
+  a.splits = tensor_cores ? 1 : sink::choose_splits(sink::cuda::attend_blocks(a), multiprocessors(q), max_keys, 256);
   const at::Tensor parts = sink_split_workspace(a, q);
   const cudaStream_t stream = current_stream(q);
-  const DType dt = sink_dtype_of(q);
-  const bool tensor_cores =
-      sink::tc::use_tensor_cores(dt != DType::f32, compute_capability(q), a.D, a.splits, a.T, a.Hq / a.Hkv,
-                                 sink::tc::key_rows_aligned(a.k, a.v, a.k_pool, a.v_pool));
   check_launch(by_dtype(dt, [&](auto t) {
                  using T = decltype(t);
                  if constexpr (!std::is_same_v<T, float>) {

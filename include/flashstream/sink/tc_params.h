@@ -74,7 +74,8 @@ FS_HOST_DEVICE constexpr int ldsm_k_dim(int lane) { return mma::ldsm_bt_k(lane);
 
 // The dispatch rule: the tensor-core kernel runs sink attention when the dtype is bf16 or fp16,
 // the GPU is sm_80 or newer (cc = 10 * major + minor), D is 64 or 128, the keys are not split
-// (splits == 1: split-KV is for decode, few rows and long caches, the SIMT kernel's case) and
+// (the kernel has no split-KV; the binding asks with splits = 1 and, when the rule holds, does not
+// split: split-KV is for decode, few rows and long caches, the SIMT kernel's case) and
 // there are at least kRows rows (T * G): a CTA computes all 64 rows of its tile whatever it holds,
 // so below one full tile the SIMT kernel's 16-row blocks waste less; from 64 rows on, each key
 // block's scores and P V take 2 x 8 x D / 16 mma.sync per warp instead of one fp32 FMA per
