@@ -108,3 +108,21 @@ def test_split_decode_cuda(dtype):
     ref, _ = reference_step(q[:, prefix:], k, v, prefix, sink=4, window=4096, full_heads=torch.tensor([True, False]),
                             sink_logits=sink_logits.cpu())
     torch.testing.assert_close(got[:, prefix:].cpu().double(), ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_keys_past_the_shared_rotary_table(dtype):
+    # The CPU binding rotates keys with a shared table of the first 16384 positions
+    # (csrc/cpu/rope_table.h); a full-attention stream longer than that takes per-block rows for
+    # the rest. Decode steps at key positions up to ~16.5K, interleaved rotary, against fp64.
+    S, prefix = 16_500, 16_496
+    cache = SinkCache(1, 1, 1, 16, sink=0, window=None, page_size=64, max_tokens=S, positions="absolute",
+                      rope_style="interleaved", dtype=dtype, device="cpu")
+    q, k, v = rand_qkv(1, S, 2, 1, 16, dtype, seed=5)
+    for t in range(0, prefix, 4096):  # prefill in chunks (their queries are not checked)
+        end = min(t + 4096, prefix)
+        cache.step(0, q[:, t:end], k[:, t:end], v[:, t:end])
+    got = torch.cat([cache.step(0, q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1]) for t in range(prefix, S)], dim=1)
+    ref, _ = reference_step(q[:, prefix:], k, v, prefix, sink=0, window=None, positions="absolute",
+                            rope_style="interleaved")
+    torch.testing.assert_close(got.double(), ref, rtol=TOL[dtype], atol=TOL[dtype])

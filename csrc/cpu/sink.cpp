@@ -11,6 +11,7 @@
 #include "cpu/isa.h"
 #include "cpu/scratch.h"
 #include "cpu/isa/sink.h"
+#include "cpu/rope_table.h"
 #include "flashstream/sink/cpu_tiles.h"
 #include "flashstream/sink/split.h"
 #include "sink_args.h"
@@ -75,6 +76,14 @@ void attend_into(const char* op, const at::Tensor& q, const at::Tensor& k, const
   const int64_t max_keys = every_token ? n_max + a.T : std::min(n_max, a.g.sink + a.g.window) + a.T;
   a.splits = sink::choose_splits(items, at::get_num_threads(), max_keys, 2 * sink::cpu::kKeyBlock);
   const at::Tensor parts = sink_split_workspace(a, q);
+  // Key positions run from 0 to under max_keys in either frame: one shared table (rope_table.h).
+  std::shared_ptr<const RopeTable> rope;
+  if (a.positions != sink::Positions::none && a.D % 2 == 0) {
+    rope = key_rope_table(a.rope_theta, a.D, max_keys);
+    a.key_cos = rope->cos.data();
+    a.key_sin = rope->sin.data();
+    a.key_rope_len = rope->len;
+  }
   const int64_t scratch_floats = sink::cpu::attend_scratch_floats(a.D, G);
   const auto& kern = kernels();
   const DType dt = sink_dtype_of(q);

@@ -37,6 +37,12 @@ struct AttnArgs {
   float* part_m = nullptr;
   float* part_l = nullptr;
   float* part_acc = nullptr;
+  // CPU only: rotary rows for key positions p < key_rope_len, cos / sin of p * inv_freq[f] at
+  // [p * D / 2 + f] (key positions in both frames are ranks from 0, so one table serves every
+  // work item). Null: the kernel builds the rows per key block.
+  const float* key_cos = nullptr;
+  const float* key_sin = nullptr;
+  int64_t key_rope_len = 0;
 };
 
 struct AppendArgs {

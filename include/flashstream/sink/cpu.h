@@ -404,7 +404,11 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
         load_row_f(key_row(a, knew, kpool, b, h, n, full, p), D, kr + j * Dp);
         load_row_f(key_row(a, vnew, vpool, b, h, n, full, p), D, vb + j * Dp);
       }
-      if (rotary) {
+      if (rotary && (frame == 0 ? p0 : p0 - base) + nb <= a.key_rope_len) {  // the binding's shared rows
+        const int64_t P0 = frame == 0 ? p0 : p0 - base;
+        for (int j = 0; j < nb; ++j)
+          rope_apply(a.rope_style, R.half, a.key_cos + (P0 + j) * half, a.key_sin + (P0 + j) * half, kr + j * Dp);
+      } else if (rotary) {
         const int64_t P0 = frame == 0 ? p0 : p0 - base;
         for (int j0 = 0; j0 < nb; j0 += kRopeTable) {
           const int cnt = nb - j0 < kRopeTable ? nb - j0 : kRopeTable;
