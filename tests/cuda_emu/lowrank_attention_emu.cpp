@@ -7,37 +7,18 @@
 // tests/test_cuda_emu.py; exit status 0 iff every case matches.
 #include <cuda_runtime.h>
 
-#include <barrier>
 #include <cmath>
 #include <cstdio>
 #include <random>
-#include <thread>
 #include <vector>
 
-thread_local uint3 threadIdx;  // what the kernels read as built-ins
-uint3 blockIdx;
+#include "warp_emu.h"
+
 dim3 gridDim, blockDim;
-#undef __launch_bounds__
-#define __launch_bounds__(...)
 #undef __shared__
 #define __shared__ static  // one block runs at a time: a static is the block's shared memory
 static std::vector<float> g_dynamic_smem;
 #define FS_LOWRANK_DYNAMIC_SMEM(name) float* name = g_dynamic_smem.data()
-
-static std::barrier<>* g_block_barrier = nullptr;
-static std::barrier<>* g_warp_barrier[8] = {};
-static float g_shuffle[8][32];
-
-void __syncthreads() { g_block_barrier->arrive_and_wait(); }
-void __syncwarp(unsigned = 0xffffffffu) { g_warp_barrier[threadIdx.x / 32]->arrive_and_wait(); }
-float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-  g_shuffle[w][l] = v;
-  __syncwarp();
-  const float r = g_shuffle[w][l ^ unsigned(lane_mask)];
-  __syncwarp();
-  return r;
-}
 
 #include "flashstream/lowrank/attention_cuda.cuh"
 
@@ -54,19 +35,7 @@ void run_grid(dim3 grid, F&& kernel) {
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx.x = x; blockIdx.y = y; blockIdx.z = z;
-        std::barrier<> block(lcu::kThreads);
-        std::vector<std::barrier<>*> warps;
-        for (int w = 0; w < lcu::kThreads / 32; ++w) warps.push_back(new std::barrier<>(32));
-        g_block_barrier = &block;
-        for (int w = 0; w < lcu::kThreads / 32; ++w) g_warp_barrier[w] = warps[w];
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < unsigned(lcu::kThreads); ++t)
-          threads.emplace_back([&kernel, t] {
-            threadIdx.x = t; threadIdx.y = 0; threadIdx.z = 0;
-            kernel();
-          });
-        for (auto& th : threads) th.join();
-        for (auto* w : warps) delete w;
+        run_block(lcu::kThreads, kernel);
       }
 }
 

@@ -108,15 +108,6 @@ bool run_case(int64_t M, int64_t K, int64_t r, int64_t N, int64_t ldx, bool bias
   return ok;
 }
 
-// Banks touched by one warp-wide shared access: at most one distinct 4-byte word per bank.
-bool conflict_free(const std::vector<int64_t>& byte_addrs) {
-  std::set<int64_t> words[32];
-  for (int64_t b : byte_addrs) words[(b / 4) % 32].insert(b / 4);
-  for (auto& w : words)
-    if (w.size() > 1) return false;
-  return true;
-}
-
 // Fragment loads, T stores and cp.async writes of one Layout are bank-conflict free; buffers are
 // disjoint and inside the allocation; the kernel fits every sm_80+ GPU's opt-in shared memory
 // per block (99 KB on sm_86 / sm_89; 163 KB on A100, 227 KB on H100).

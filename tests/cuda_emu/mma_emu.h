@@ -1,53 +1,21 @@
-// Host emulation of one CTA's warps for the tensor-core kernels (include/flashstream/common/
-// mma.cuh): the CUDA built-ins a kernel reads, __syncthreads as a barrier of the block's host
-// threads, warp shuffles / votes through memory, cp.async with its commit groups (copies landing
-// at issue or as late as their wait_group allows), and ldmatrix.m8n8.x4 / mma.sync.m16n8k16 computed
-// per warp from the PTX ISA's fragment tables, written out here independently of the kernels' maps
-// (element-wise: a0..a7, b0..b3, c0..c3). Include before the kernel header; run_block() runs one
-// block's threads. Used by lowrank_tc_emu.cpp and sink_tc_emu.cpp.
+// Host emulation of the tensor-core instructions of include/flashstream/common/mma.cuh, over one
+// CTA's host threads (warp_emu.h): cp.async with its commit groups (copies landing at issue or as
+// late as their wait_group allows), and ldmatrix.m8n8.x4 / mma.sync.m16n8k16 computed per warp
+// from the PTX ISA's fragment tables, written out here independently of the kernels' maps
+// (element-wise: a0..a7, b0..b3, c0..c3); and the bank-conflict check of the layouts' tests.
+// Include before the kernel header. Used by lowrank_tc_emu.cpp and sink_tc_emu.cpp.
 #pragma once
 #include <cuda_runtime.h>
 
-#include <barrier>
 #include <cstdint>
 #include <cstring>
-#include <thread>
+#include <set>
 #include <vector>
 
 #include "flashstream/common/dtype.h"
+#include "warp_emu.h"
 
-thread_local uint3 threadIdx;  // what the kernels read as built-ins
-uint3 blockIdx;
-#undef __launch_bounds__
-#define __launch_bounds__(...)
 #define FS_MMA_HOST_EMU 1
-
-inline constexpr int kEmuMaxWarps = 8;
-static std::barrier<>* g_block_barrier = nullptr;
-static std::barrier<>* g_warp_barrier[kEmuMaxWarps] = {};
-inline void __syncthreads() { g_block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_barrier[threadIdx.x / 32]->arrive_and_wait(); }
-
-// Shuffles and votes: every lane posts its value, then reads its partner's.
-static float g_shuffle[kEmuMaxWarps][32];
-inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-  g_shuffle[w][l] = v;
-  __syncwarp();
-  const float r = g_shuffle[w][l ^ unsigned(lane_mask)];
-  __syncwarp();
-  return r;
-}
-static int g_vote[kEmuMaxWarps][32];
-inline int __any_sync(unsigned, int pred) {
-  const unsigned w = threadIdx.x / 32, l = threadIdx.x % 32;
-  g_vote[w][l] = pred;
-  __syncwarp();
-  int any = 0;
-  for (int i = 0; i < 32; ++i) any |= g_vote[w][i] != 0;
-  __syncwarp();
-  return any;
-}
 
 // cp.async: each thread's copies are queued per commit group and land either at once (g_cp_late
 // false: a copy into a buffer still being read shows up as a wrong result) or only when a
@@ -138,20 +106,11 @@ inline void emu_ldmatrix_x4(uint32_t (&d)[4], const uint16_t* row, bool trans) {
 }
 #define FS_MMA_HOST_LDSM(d, row, trans) emu_ldmatrix_x4(d, row, trans)
 
-// Runs one block (blockIdx set by the caller) as `threads` host threads.
-template <typename F>
-void run_block(int threads, F&& kernel) {
-  std::barrier<> block(threads);
-  std::vector<std::barrier<>*> warps;
-  for (int w = 0; w < threads / 32; ++w) warps.push_back(new std::barrier<>(32));
-  g_block_barrier = &block;
-  for (int w = 0; w < threads / 32; ++w) g_warp_barrier[w] = warps[size_t(w)];
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < unsigned(threads); ++t)
-    pool.emplace_back([&kernel, t] {
-      threadIdx.x = t; threadIdx.y = 0; threadIdx.z = 0;
-      kernel();
-    });
-  for (auto& th : pool) th.join();
-  for (auto* w : warps) delete w;
+// One warp-wide shared access is conflict free when no bank holds two distinct 4-byte words.
+inline bool conflict_free(const std::vector<int64_t>& byte_addrs) {
+  std::set<int64_t> words[32];
+  for (int64_t b : byte_addrs) words[(b / 4) % 32].insert(b / 4);
+  for (auto& w : words)
+    if (w.size() > 1) return false;
+  return true;
 }

@@ -216,15 +216,6 @@ bool run_case(const Case& c, uint32_t seed, double tol) {
   return all_ok;
 }
 
-// One warp-wide shared access is conflict free when no bank holds two distinct 4-byte words.
-bool conflict_free(const std::vector<int64_t>& byte_addrs) {
-  std::set<int64_t> words[32];
-  for (int64_t b : byte_addrs) words[(b / 4) % 32].insert(b / 4);
-  for (auto& w : words)
-    if (w.size() > 1) return false;
-  return true;
-}
-
 template <int D>
 bool check_layout() {
   using L = tc::Layout<D>;

@@ -320,15 +320,9 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
 
   // Visibility per query, and the tile's key ranges in each frame.
   Visible vis[kMaxQueryTile];
-  int64_t sink_end = 0, win_lo = INT64_MAX, win_hi = 0;
-  for (int64_t t = 0; t < nq; ++t) {
-    vis[t] = visible(a.g, n, a.T, n + t0 + t, full);
-    sink_end = vis[t].sv > sink_end ? vis[t].sv : sink_end;
-    if (vis[t].lo < vis[t].hi) {
-      win_lo = vis[t].lo < win_lo ? vis[t].lo : win_lo;
-      win_hi = vis[t].hi > win_hi ? vis[t].hi : win_hi;
-    }
-  }
+  for (int64_t t = 0; t < nq; ++t) vis[t] = visible(a.g, n, a.T, n + t0 + t, full);
+  const TileKeys tile = tile_keys(vis, nq);
+  const int64_t sink_end = tile.sink_end, win_lo = tile.win_lo, win_hi = tile.win_hi;
   const int64_t base = win_lo == INT64_MAX ? 0 : win_lo;
 
   // Queries: load, scale, rotate into both frames.
@@ -446,20 +440,11 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
   T* out = static_cast<T*>(a.out);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t t = t0 + r / G, hq = h * G + r % G;
-    float mr = m[r], lr = l[r];
+    const RowEnd end = row_end(m[r], l[r], a.sink_logits != nullptr ? a.sink_logits + hq : nullptr);
     float* ar = acc + r * Dp;
-    if (a.sink_logits != nullptr) {
-      const float sl = a.sink_logits[hq];
-      const float m2 = sl > mr ? sl : mr;
-      const float c = std::exp(mr - m2);
-      lr = lr * c + std::exp(sl - m2);
-      for (int64_t d = 0; d < D; ++d) ar[d] *= c;
-      mr = m2;
-    }
-    const float inv = 1.f / lr;
-    for (int64_t d = 0; d < Dp; ++d) ar[d] *= inv;
+    for (int64_t d = 0; d < Dp; ++d) ar[d] *= end.scale;
     store_row_f(ar, D, out + ((b * a.T + t) * a.Hq + hq) * D);
-    if (a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = mr + std::log(lr);
+    if (a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = end.lse;
   }
 }
 

@@ -67,18 +67,11 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
 
   if (threadIdx.x < nq) vis[threadIdx.x] = visible(a.g, n, a.T, n + t0 + threadIdx.x, full);
   __syncthreads();
-  if (threadIdx.x == 0) {
-    int64_t se = 0, lo = INT64_MAX, hi = 0;
-    for (int t = 0; t < nq; ++t) {
-      se = vis[t].sv > se ? vis[t].sv : se;
-      if (vis[t].lo < vis[t].hi) {
-        lo = vis[t].lo < lo ? vis[t].lo : lo;
-        hi = vis[t].hi > hi ? vis[t].hi : hi;
-      }
-    }
-    range[0] = se;
-    range[1] = lo;
-    range[2] = hi;
+  if (threadIdx.x == 0) {  // the keys any row of the tile sees (params.h tile_keys)
+    const TileKeys keys = tile_keys(vis, nq);
+    range[0] = keys.sink_end;
+    range[1] = keys.win_lo;
+    range[2] = keys.win_hi;
   }
   __syncthreads();
   const int64_t sink_end = range[0], win_lo = range[1], win_hi = range[2];
@@ -217,22 +210,14 @@ __global__ void __launch_bounds__(kThreads) attend_kernel(const AttnArgs a) {
     const int64_t r = warp + k * kWarps;
     if (r >= rows) break;
     const int64_t t = t0 + r / nh, hq = h * G + g0 + r % nh;
-    float mr = m[k], lr = l[k], c = 1.f;
-    if (a.sink_logits != nullptr) {
-      const float sl = a.sink_logits[hq];
-      const float m2 = fmaxf(sl, mr);
-      c = expf(mr - m2);
-      lr = lr * c + expf(sl - m2);
-      mr = m2;
-    }
-    const float inv = c / lr;
+    const RowEnd end = row_end(m[k], l[k], a.sink_logits != nullptr ? a.sink_logits + hq : nullptr);
     T* dst = out + ((b * a.T + t) * a.Hq + hq) * D;
 #pragma unroll
     for (int e = 0; e < kDpl; ++e) {
       const int64_t d = lane + 32 * e;
-      if (d < D) dst[d] = from_float<T>(acc[k][e] * inv);
+      if (d < D) dst[d] = from_float<T>(acc[k][e] * end.scale);
     }
-    if (lane == 0 && a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = mr + logf(lr);
+    if (lane == 0 && a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = end.lse;
   }
 }
 

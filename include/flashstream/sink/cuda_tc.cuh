@@ -65,18 +65,11 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
   if (tid < half) inv_freq[tid] = pow(a.rope_theta, -2.0 * double(tid) / double(D));
   if (tid < nq) vis[tid] = visible(a.g, n, a.T, n + t0 + tid, full);
   __syncthreads();
-  if (tid == 0) {  // the keys any row of the tile sees: sinks [0, sink_end), window [win_lo, win_hi)
-    int64_t se = 0, lo = INT64_MAX, hi = 0;
-    for (int64_t t = 0; t < nq; ++t) {
-      se = vis[t].sv > se ? vis[t].sv : se;
-      if (vis[t].lo < vis[t].hi) {
-        lo = vis[t].lo < lo ? vis[t].lo : lo;
-        hi = vis[t].hi > hi ? vis[t].hi : hi;
-      }
-    }
-    range[0] = se;
-    range[1] = lo;
-    range[2] = hi;
+  if (tid == 0) {  // the keys any row of the tile sees (params.h tile_keys)
+    const TileKeys keys = tile_keys(vis, nq);
+    range[0] = keys.sink_end;
+    range[1] = keys.win_lo;
+    range[2] = keys.win_hi;
   }
   __syncthreads();
   const int64_t sink_end = range[0], win_lo = range[1], win_hi = range[2];
@@ -279,23 +272,15 @@ __global__ void __launch_bounds__(kThreads) attend_tc_kernel(const AttnArgs a) {
     const int r = lane_row(warp, lane, i);
     if (r >= rows) continue;
     const int64_t t = t0 + r / nh, hq = h * G + g0 + r % nh;
-    float mr = m[i], lr = l[i], c = 1.f;
-    if (a.sink_logits != nullptr) {
-      const float sl = a.sink_logits[hq];
-      const float m2 = fmaxf(sl, mr);
-      c = expf(mr - m2);
-      lr = lr * c + expf(sl - m2);
-      mr = m2;
-    }
-    const float inv = c / lr;
+    const RowEnd end = row_end(m[i], l[i], a.sink_logits != nullptr ? a.sink_logits + hq : nullptr);
     T* dst = out + ((b * a.T + t) * a.Hq + hq) * D;
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       const int d = 8 * dt + mma::frag_c_col(lane, 2 * i);
-      dst[d] = from_float<T>(o[dt][2 * i] * inv);
-      dst[d + 1] = from_float<T>(o[dt][2 * i + 1] * inv);
+      dst[d] = from_float<T>(o[dt][2 * i] * end.scale);
+      dst[d + 1] = from_float<T>(o[dt][2 * i + 1] * end.scale);
     }
-    if (lane % 4 == 0 && a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = mr + logf(lr);
+    if (lane % 4 == 0 && a.lse != nullptr) a.lse[(b * a.T + t) * a.Hq + hq] = end.lse;
   }
 }
 

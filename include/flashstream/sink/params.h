@@ -62,6 +62,23 @@ FS_HOST_DEVICE FS_INLINE Visible visible(const Geometry& g, int64_t n, int64_t T
   return v;
 }
 
+// The keys any of a tile's nq queries sees: sinks [0, sink_end) and window [win_lo, win_hi);
+// win_lo = INT64_MAX (and win_hi = 0) when no query sees a window key. Every kernel visits these.
+struct TileKeys {
+  int64_t sink_end, win_lo, win_hi;
+};
+FS_HOST_DEVICE FS_INLINE TileKeys tile_keys(const Visible* vis, int64_t nq) {
+  TileKeys k{0, INT64_MAX, 0};
+  for (int64_t t = 0; t < nq; ++t) {
+    k.sink_end = imax(k.sink_end, vis[t].sv);
+    if (vis[t].lo < vis[t].hi) {
+      k.win_lo = imin(k.win_lo, vis[t].lo);
+      k.win_hi = imax(k.win_hi, vis[t].hi);
+    }
+  }
+  return k;
+}
+
 // "cache" positions: a visible key's rank among the keys its query sees. Sink keys have rank p;
 // a window key has rank p + offset with offset = sv - lo.
 FS_HOST_DEVICE FS_INLINE int64_t window_rank_offset(const Visible& v) { return v.sv - v.lo; }

@@ -72,4 +72,18 @@ FS_HOST_DEVICE FS_INLINE MergedRow merge_row_stats(const float* m, const float* 
 // The weight of split s's accumulator in the merged, normalised output.
 FS_HOST_DEVICE FS_INLINE float split_weight(const MergedRow& r, float m_s) { return fs_expf(m_s - r.m) / r.l; }
 
+// The end of an unsplit row (one state, the optional sink logit in the denominator): the factor
+// its accumulator is scaled by, and its log-sum-exp. The kernels' epilogues, CPU and CUDA.
+struct RowEnd {
+  float scale, lse;
+};
+FS_HOST_DEVICE FS_INLINE RowEnd row_end(float m, float l, const float* sink_logit) {
+  const MergedRow r = merge_row_stats(&m, &l, 1, 0, sink_logit);
+#if defined(__CUDA_ARCH__)
+  return RowEnd{split_weight(r, m), r.m + logf(r.l)};
+#else
+  return RowEnd{split_weight(r, m), r.m + __builtin_logf(r.l)};
+#endif
+}
+
 }  // namespace flashstream::sink
