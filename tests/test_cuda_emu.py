@@ -10,7 +10,8 @@ intrinsics are not covered.
 * sink_compact_emu.cpp: include/flashstream/sink/cuda_compact.cuh, every thread of every block
   (per tile: all loads, then all stores; in-place order across tiles, bad indices skipped);
 * lowrank_attention_emu.cpp: include/flashstream/lowrank/attention_cuda.cuh, each block's 256
-  threads as host threads (barriers for __syncthreads / __syncwarp, shuffles through memory);
+  threads as host threads (warp_emu.h: barriers for __syncthreads / __syncwarp, shuffles through
+  memory; shared with the two tensor-core emulators);
 * lowrank_tc_emu.cpp: include/flashstream/lowrank/cuda_tc.cuh (lowrank_linear on tensor cores),
   256 host threads a block, mma.sync emulated from the PTX fragment tables, cp.async as copies;
   plus its shared-memory bank conflicts, buffer overlaps, tile coverage and dispatch rule;
