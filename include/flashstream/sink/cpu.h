@@ -398,12 +398,11 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
         load_row_f(key_row(a, knew, kpool, b, h, n, full, p), D, kr + j * Dp);
         load_row_f(key_row(a, vnew, vpool, b, h, n, full, p), D, vb + j * Dp);
       }
-      if (rotary && (frame == 0 ? p0 : p0 - base) + nb <= a.key_rope_len) {  // the binding's shared rows
-        const int64_t P0 = frame == 0 ? p0 : p0 - base;
+      const int64_t P0 = frame == 0 ? p0 : p0 - base;  // the block's first key position in its frame
+      if (rotary && P0 + nb <= a.key_rope_len) {  // the binding's shared rows
         for (int j = 0; j < nb; ++j)
           rope_apply(a.rope_style, R.half, a.key_cos + (P0 + j) * half, a.key_sin + (P0 + j) * half, kr + j * Dp);
-      } else if (rotary) {
-        const int64_t P0 = frame == 0 ? p0 : p0 - base;
+      } else if (rotary) {  // past the shared table: rows built per block
         for (int j0 = 0; j0 < nb; j0 += kRopeTable) {
           const int cnt = nb - j0 < kRopeTable ? nb - j0 : kRopeTable;
           rope_table(P0 + j0, cnt, R.half, R.inv_freq, R.step_c, R.step_s, R.c, R.s, R.cs, R.sn,
