@@ -13,6 +13,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "flashstream/common/attention_block.h"
 #include "flashstream/common/simd.h"
 #include "flashstream/lowrank/attention_cpu_tiles.h"
 #include "flashstream/lowrank/attention_params.h"
@@ -160,21 +161,7 @@ inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64
 
   // Scores: Dhp broadcast-FMAs over the block's key vectors.
   vf s[kAttnRows][kNV];
-#pragma GCC unroll 4
-  for (int i = 0; i < kAttnRows; ++i)
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) s[i][v] = simd::splat(0.f);
-  for (int64_t d = 0; d < Dhp; ++d) {
-    vf kv[kNV];
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kt + d * kKeyBlock + v * kLanes);
-#pragma GCC unroll 4
-    for (int i = 0; i < kAttnRows; ++i) {
-      const vf qd = broadcast(qr[i] + d);
-#pragma GCC unroll 16
-      for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
-    }
-  }
+  attention_block::scores(qr, kt, kKeyBlock, Dhp, s);
 
   // Softmax bookkeeping; probabilities of keys a row may not see are exactly 0.
   float corr[kAttnRows];
@@ -215,34 +202,8 @@ inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64
   }
   if (jmax == 0) return;
 
-  // acc = acc * corr + P V, four vectors of head dims at a time.
-  for (int64_t d0 = 0; d0 < Dhp; d0 += 4 * kLanes) {
-    const int64_t left = (Dhp - d0) / kLanes;
-    const int nvd = int(left < 4 ? left : 4);
-    vf av[kAttnRows][4];
-#pragma GCC unroll 4
-    for (int i = 0; i < kAttnRows; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + (r0 + i) * Dhp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
-    for (int j = 0; j < jmax; ++j) {
-      const float* vj = vb + j * Dhp + d0;
-      vf vv[4];
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
-#pragma GCC unroll 4
-      for (int i = 0; i < kAttnRows; ++i) {
-        const vf pj = broadcast(sc + i * kKeyBlock + j);
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < kAttnRows; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        if (i < nr && u < nvd) simd::store(acc + (r0 + i) * Dhp + d0 + u * kLanes, av[i][u]);
-  }
+  // acc = acc * corr + P V.
+  attention_block::accumulate_pv<kAttnRows>(acc + r0 * Dhp, Dhp, nr, corr, sc, kKeyBlock, vb, 0, jmax);
 }
 
 // One work item: sequence b, head h, queries [t0, t1) (t1 - t0 <= a.tile).

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "flashstream/common/attention_block.h"
 #include "flashstream/common/simd.h"
 #include "flashstream/sink/args.h"
 #include "flashstream/sink/cpu_tiles.h"
@@ -211,54 +212,13 @@ FS_INLINE void block_rows(const Visible* vis, int64_t G, int frame, int64_t p0, 
   if (!any) return;
   // Scores: D broadcast-FMAs over the block's key vectors, kRowBlock rows at once.
   vf s[kRowBlock][kNV];
-#pragma GCC unroll 4
-  for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) s[i][v] = simd::splat(0.f);
-  for (int64_t d = 0; d < D; ++d) {
-    const float* kd = kt + d * kKeyBlock;
-    vf kv[kNV];
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) kv[v] = simd::load(kd + v * kLanes);
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i) {
-      const vf qd = broadcast(qr[i] + d);
-#pragma GCC unroll 16
-      for (int v = 0; v < kNV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
-    }
-  }
+  attention_block::scores(qr, kt, kKeyBlock, D, s);
   // Softmax bookkeeping per row; probabilities outside a row's [jlo, jhi) are exactly 0.
   float corr[kRowBlock];
   int64_t jmin = kKeyBlock, jmax = 0;
   softmax_rows(s, jlo, jhi, r0, cap, sc, m, l, corr, jmin, jmax);
-  // acc = acc * corr + P V over the rows' union of keys, four vectors of head dims at a time.
-  for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
-    const int64_t left = (Dp - d0) / kLanes;
-    const int nvd = int(left < 4 ? left : 4);
-    vf av[kRowBlock][4];
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + (r0 + i) * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
-    for (int64_t j = jmin; j < jmax; ++j) {
-      const float* vj = vb + j * Dp + d0;
-      vf vv[4];
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
-#pragma GCC unroll 4
-      for (int i = 0; i < kRowBlock; ++i) {
-        const vf pj = broadcast(sc + i * kKeyBlock + j);
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        if (i < nr && u < nvd) simd::store(acc + (r0 + i) * Dp + d0 + u * kLanes, av[i][u]);
-  }
+  // acc = acc * corr + P V over the rows' union of keys.
+  attention_block::accumulate_pv<kRowBlock>(acc + r0 * Dp, Dp, nr, corr, sc, kKeyBlock, vb, jmin, jmax);
 }
 
 }  // inline namespace FLASHSTREAM_ISA

@@ -1,0 +1,72 @@
+// The two inner products of the CPU flash-attention kernels (sink attention, low-rank attention),
+// for R rows of queries and one block of NV * kLanes keys: scores against keys stored transposed
+// (Kt[d][j], so a row's scores are broadcast-FMAs over key vectors, no horizontal sums), and the
+// rescaled accumulation acc = acc * corr + P V. The kernels keep their own masking and softmax.
+// Host only, on common/simd.h (one copy per ISA).
+#pragma once
+#include <cstdint>
+
+#include "flashstream/common/simd.h"
+
+namespace flashstream::attention_block {
+inline namespace FLASHSTREAM_ISA {
+
+using simd::kLanes;
+using simd::vf;
+
+// s[i][v] = sum_d q[i][d] * Kt[d][v * kLanes + lane] over d < D (kt rows kb floats apart).
+template <int R, int NV>
+FS_INLINE void scores(const float* const (&q)[R], const float* kt, int64_t kb, int64_t D, vf (&s)[R][NV]) {
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) s[i][v] = simd::splat(0.f);
+  for (int64_t d = 0; d < D; ++d) {
+    vf kv[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) kv[v] = simd::load(kt + d * kb + v * kLanes);
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const vf qd = simd::broadcast(q[i] + d);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
+    }
+  }
+}
+
+// Rows i < nr of acc (Dp floats apart): acc[i] = acc[i] * corr[i] + sum_{j in [j0, j1)} p[i][j] vb[j]
+// (p rows kb floats apart, vb rows Dp floats apart), four vectors of head dims at a time.
+template <int R>
+FS_INLINE void accumulate_pv(float* acc, int64_t Dp, int nr, const float* corr, const float* p, int64_t kb,
+                             const float* vb, int64_t j0, int64_t j1) {
+  for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
+    const int64_t left = (Dp - d0) / kLanes;
+    const int nvd = int(left < 4 ? left : 4);
+    vf av[R][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + i * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* vj = vb + j * Dp + d0;
+      vf vv[4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) vv[u] = u < nvd ? simd::load(vj + u * kLanes) : simd::splat(0.f);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const vf pj = simd::broadcast(p + i * kb + j);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        if (i < nr && u < nvd) simd::store(acc + i * Dp + d0 + u * kLanes, av[i][u]);
+  }
+}
+
+}  // inline namespace FLASHSTREAM_ISA
+}  // namespace flashstream::attention_block
