@@ -121,7 +121,7 @@ def bench(args) -> list[dict]:
                             low.mode = mode
                             try:
                                 emb, peak, t = _measure(low, ids, mask, device, args.reps)
-                            except (RuntimeError, NotImplementedError) as e:  # e.g. no CUDA kernel yet
+                            except RuntimeError as e:  # e.g. out of memory at the largest shapes: record it, go on
                                 rec["error"] = str(e).splitlines()[0][:300]
                                 records.append(rec)
                                 print(f"{name:>9} B={batch:<3} S={seq:<4} {mode:<7} {label:<6}  ERROR {rec['error']}")

@@ -22,10 +22,16 @@ inline DType lowrank_dtype_of(const at::Tensor& t) {
 
 // x [B, S, Din]; A_z [Din, r_z]; B_z [r_z, N]; bias_z [N] or None; N = num_heads * head_dim, the
 // same N for q, k and v; key_padding_mask bool [B, S] or None. One dtype, one device, contiguous.
-inline lowrank::AttnArgs lowrank_attention_args(const char* op, const at::Tensor& x, const at::Tensor* A[3],
-                                                const at::Tensor* Bf[3], const std::optional<at::Tensor>* bias[3],
+inline lowrank::AttnArgs lowrank_attention_args(const char* op, const at::Tensor& x, const at::Tensor& Aq,
+                                                const at::Tensor& Bq, const std::optional<at::Tensor>& bq,
+                                                const at::Tensor& Ak, const at::Tensor& Bk,
+                                                const std::optional<at::Tensor>& bk, const at::Tensor& Av,
+                                                const at::Tensor& Bv, const std::optional<at::Tensor>& bv,
                                                 int64_t num_heads, bool causal,
                                                 const std::optional<at::Tensor>& key_padding_mask) {
+  const at::Tensor* A[3] = {&Aq, &Ak, &Av};
+  const at::Tensor* Bf[3] = {&Bq, &Bk, &Bv};
+  const std::optional<at::Tensor>* bias[3] = {&bq, &bk, &bv};
   static const char* const kA[3] = {"Aq", "Ak", "Av"};
   static const char* const kB[3] = {"Bq", "Bk", "Bv"};
   static const char* const kBias[3] = {"bq", "bk", "bv"};

@@ -24,10 +24,8 @@ at::Tensor lowrank_attention_cpu(const at::Tensor& x, const at::Tensor& Aq, cons
                                  const std::optional<at::Tensor>& bv, int64_t num_heads, bool causal,
                                  const std::optional<at::Tensor>& key_padding_mask) {
   const char* op = "lowrank_attention";
-  const at::Tensor* A[3] = {&Aq, &Ak, &Av};
-  const at::Tensor* Bf[3] = {&Bq, &Bk, &Bv};
-  const std::optional<at::Tensor>* bias[3] = {&bq, &bk, &bv};
-  lowrank::AttnArgs a = lowrank_attention_args(op, x, A, Bf, bias, num_heads, causal, key_padding_mask);
+  lowrank::AttnArgs a =
+      lowrank_attention_args(op, x, Aq, Bq, bq, Ak, Bk, bk, Av, Bv, bv, num_heads, causal, key_padding_mask);
   check_cpu(op, "x", x);
   at::Tensor out = at::empty({a.B, a.S, a.N}, x.options());
   if (out.numel() == 0) return out;
