@@ -105,6 +105,34 @@ def test_linear_extreme_values_activation(device):
         check(y, lowrank_linear_reference(x, A, B, None, activation), torch.float32)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_row_tiles_cover_every_row_once(threads):
+    # r = 512 makes the L2-sized row tile ~60 rows, so these M give many tiles whose count the
+    # CPU path rounds up to a multiple of the thread count and fills unevenly (lowrank::RowTiles):
+    # every row must still be computed exactly once, forward, FFN and backward alike
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for M in (1001, 131, 25, 2):
+            for dtype in DTYPES:
+                x = torch.randn(M, 40).to(dtype)
+                A, B, b = factors(40, 512, 33, dtype, "cpu")
+                check(lowrank_linear(x, A, B, b, "silu"), lowrank_linear_reference(x, A, B, b, "silu"), dtype)
+                f = ffn_factors(40, 512, 70, 512, 24, dtype, "cpu")
+                with torch.no_grad():
+                    check(lowrank_ffn(x, *f), lowrank_ffn_reference(x, *f, "gelu"), dtype)
+            A, B, _ = factors(40, 512, 33, torch.float32, "cpu", bias=False)
+            leaves = [t.clone().requires_grad_() for t in (torch.randn(M, 40), A, B)]
+            g = torch.randn(M, 33)
+            lowrank_linear(*leaves, None, "gelu").backward(g)
+            ref = [t.detach().double().requires_grad_() for t in leaves]
+            lowrank_linear_reference(*ref, None, "gelu").backward(g.double())
+            for got, want in zip(leaves, ref):
+                torch.testing.assert_close(got.grad.double(), want.grad, rtol=1e-4, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---- lowrank_linear backward --------------------------------------------------------------------
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

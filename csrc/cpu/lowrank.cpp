@@ -28,10 +28,15 @@ at::Tensor pack(const LowrankCpuKernels& k, DType dtype, lowrank::Strided src, i
   return out;
 }
 
-// Rows per task: the L2-sized tile, or fewer when that would leave threads idle (small M).
-int64_t task_rows(const LowrankCpuKernels& k, int64_t M, int64_t l2_rows) {
-  const int64_t per_thread = lowrank::round_up(lowrank::ceil_div(M, at::get_num_threads()), k.row_block());
-  return std::max<int64_t>(k.row_block(), std::min(l2_rows, per_thread));
+// Row tiles per call (lowrank::RowTiles): the fewest of at most the L2-sized rows, rounded up to
+// a multiple of the thread count so that at::parallel_for hands every thread the same rows (M =
+// 2048 in 252-row tiles would be 9 tiles, 5 on one thread, 4 on the other), and never more than
+// the microkernel's row groups.
+int64_t task_tiles(const LowrankCpuKernels& k, int64_t M, int64_t l2_rows) {
+  const int64_t groups = lowrank::ceil_div(M, k.row_block());
+  const int64_t l2_groups = std::max<int64_t>(1, l2_rows / k.row_block());
+  const int64_t tiles = lowrank::round_up(lowrank::ceil_div(groups, l2_groups), at::get_num_threads());
+  return std::max<int64_t>(1, std::min(tiles, groups));
 }
 
 // bf16 factors as k-pair panels for the AVX512-BF16 path.
@@ -47,8 +52,8 @@ at::Tensor pack_pairs(const LowrankCpuKernels& k, lowrank::Strided src, int64_t 
 void run_linear(const LowrankCpuKernels& k, DType dt, lowrank::LinearProblem p, const lowrank::EpilogueArgs& e,
                 const at::TensorOptions& opts) {
   if (p.M == 0 || p.N == 0) return;
-  p.tile_rows = task_rows(k, p.M, k.linear_tile_rows(p.r));
-  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
+  p.tiles = task_tiles(k, p.M, k.linear_tile_rows(p.r));
+  const int64_t tiles = p.tiles;
   if (dt == DType::bf16 && k.has_bf16_dot()) {
     const at::Tensor ap = pack_pairs(k, p.a, p.K, p.r, opts);
     const at::Tensor bp = pack_pairs(k, p.b, p.r, p.N, opts);
@@ -95,9 +100,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lowrank_linear_backwa
                   int64_t N, const lowrank::EpilogueArgs& e) {
     if (M == 0 || N == 0) return;
     const at::Tensor rp = pack(k, right_f32 ? DType::f32 : dt, right, K, N, x.options());
-    const int64_t rows = task_rows(k, M, k.gemm_tile_rows(N));
-    at::parallel_for(0, lowrank::ceil_div(M, rows), 1, [&](int64_t b, int64_t en) {
-      k.gemm(dt, left_f32, left, M, K, rp.const_data_ptr<float>(), N, e, rows, b, en);
+    const int64_t tiles = task_tiles(k, M, k.gemm_tile_rows(N));
+    at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) {
+      k.gemm(dt, left_f32, left, M, K, rp.const_data_ptr<float>(), N, e, tiles, b, en);
     });
   };
   auto activation_grad = [&](at::Tensor& G) {
@@ -123,8 +128,8 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
   if (p.M == 0 || p.N == 0) return y;
   const auto& k = kernels();
   const DType dt = lowrank_dtype(x);
-  p.tile_rows = task_rows(k, p.M, k.ffn_tile_rows(p));
-  const int64_t tiles = lowrank::ceil_div(p.M, p.tile_rows);
+  p.tiles = task_tiles(k, p.M, k.ffn_tile_rows(p));
+  const int64_t tiles = p.tiles;
   void* out = y.mutable_data_ptr();
   if (dt == DType::bf16 && k.has_bf16_dot()) {
     const at::Tensor packs[6] = {

@@ -88,13 +88,13 @@ void linear_bf16(const lr::LinearProblem&, const uint16_t*, const uint16_t*, con
 int64_t gemm_tile_rows(int64_t N) { return lc::tile_rows(lr::round_up(N, lc::kNR)); }
 
 void gemm(DType dt, bool left_f32, lr::Strided left, int64_t M, int64_t K, const float* packed, int64_t N,
-          const lr::EpilogueArgs& e, int64_t rows, int64_t tb, int64_t te) {
+          const lr::EpilogueArgs& e, int64_t tiles, int64_t tb, int64_t te) {
   by_dtype(dt, [&](auto t) {
     using T = decltype(t);
     auto run = [&](auto left_t, auto out_t) {
       using TL = decltype(left_t);
       using TO = decltype(out_t);
-      lc::gemm_tiles<TL, TO, T>(left, M, K, packed, N, typed<TO, T>(e), rows, tb, te);
+      lc::gemm_tiles<TL, TO, T>(left, M, K, packed, N, typed<TO, T>(e), tiles, tb, te);
     };
     if (left_f32) {
       e.out_f32 ? run(float{}, float{}) : run(float{}, T{});

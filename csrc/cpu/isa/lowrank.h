@@ -15,9 +15,9 @@ struct LowrankCpuKernels {
   // Panels [panel_begin, panel_end) of a right-hand operand src [K, N] (dtype) into `out`.
   void (*pack)(DType dtype, lowrank::Strided src, int64_t K, int64_t N, float* out, int64_t panel_begin,
                int64_t panel_end);
-  int64_t (*row_block)();  // tile rows must be a multiple of this (the microkernel's rows)
-  int64_t (*linear_tile_rows)(int64_t r);
-  // lowrank_linear over row tiles [tile_begin, tile_end); dtype is x's (and bias', grad's).
+  int64_t (*row_block)();  // tiles are runs of this many rows (the microkernel's; lowrank::RowTiles)
+  int64_t (*linear_tile_rows)(int64_t r);  // the most rows per tile that keep its scratch in L2
+  // lowrank_linear over row tiles [tile_begin, tile_end) of p.tiles; dtype is x's (and bias', grad's).
   void (*linear)(DType dtype, const lowrank::LinearProblem& p, const lowrank::EpilogueArgs& e, int64_t tile_begin,
                  int64_t tile_end);
   int64_t (*ffn_tile_rows)(const lowrank::FfnProblem& p);
@@ -33,9 +33,10 @@ struct LowrankCpuKernels {
   void (*ffn_bf16)(const lowrank::FfnProblem& p, const uint16_t* const* pairs, void* y, int64_t tile_begin,
                    int64_t tile_end);
   int64_t (*gemm_tile_rows)(int64_t N);
-  // out = epilogue(left [M, K] @ packed [K, N]) over row tiles; left is fp32 (left_f32) or dtype.
+  // out = epilogue(left [M, K] @ packed [K, N]) over row tiles [tile_begin, tile_end) of `tiles`;
+  // left is fp32 (left_f32) or dtype.
   void (*gemm)(DType dtype, bool left_f32, lowrank::Strided left, int64_t M, int64_t K, const float* packed,
-               int64_t N, const lowrank::EpilogueArgs& e, int64_t tile_rows, int64_t tile_begin, int64_t tile_end);
+               int64_t N, const lowrank::EpilogueArgs& e, int64_t tiles, int64_t tile_begin, int64_t tile_end);
 };
 
 namespace isa_baseline { const LowrankCpuKernels& lowrank_kernels(); }

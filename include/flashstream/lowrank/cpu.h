@@ -249,6 +249,14 @@ inline int64_t tile_rows(int64_t width) {
   return rows < kMR ? kMR : rows;
 }
 
+// M rows split into `tiles` (0: the fewest of at most `max_rows` rows each).
+inline RowTiles row_tiles(int64_t M, int64_t tiles, int64_t max_rows) {
+  RowTiles rt{M, kMR, 1};
+  rt.tiles = tiles > 0 ? tiles : ceil_div(rt.groups(), max_rows / kMR);
+  if (rt.tiles < 1) rt.tiles = 1;
+  return rt;
+}
+
 // left[m0:m0+mt, :K] @ packed (K x n) -> C (fp32, ldc), accumulated over k blocks; abuf holds
 // round_up(mt, kMR) x kKc floats.
 template <typename T>
@@ -264,15 +272,16 @@ void rows_times_packed(Strided left, int64_t m0, int64_t mt, int64_t K, const fl
   }
 }
 
-// ---- lowrank_linear: y = epilogue(x A B), tiles [tile_begin, tile_end) of tile_rows(r) rows --------
+// ---- lowrank_linear: y = epilogue(x A B), row tiles [tile_begin, tile_end) (p.tiles) ----------------
 template <typename T, typename TO>
 void linear_tiles(const LinearProblem& p, const Epilogue<TO, T>& e, int64_t tile_begin, int64_t tile_end) {
-  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : tile_rows(round_up(p.r, kNR));
+  const RowTiles rt = row_tiles(p.M, p.tiles, tile_rows(round_up(p.r, kNR)));
+  const int64_t mt_max = rt.max_rows();
   const int64_t ldt = round_up(p.r, kNR);
   Scratch abuf(mt_max * kKc), tbuf(mt_max * ldt);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * mt_max;
-    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
+    const int64_t m0 = rt.begin(t);
+    const int64_t mt = rt.begin(t + 1) - m0;
     rows_times_packed<T>(p.x, m0, mt, p.K, p.a_packed, p.r, tbuf.p, ldt, abuf.p);  // T = x A, fp32, in L2
     block_product(tbuf.p, ldt, mt, p.r, p.b_packed, p.r * kNR, p.N, EpilogueSink<TO, T>{e, m0, mt, p.N});
   }
@@ -291,7 +300,8 @@ template <typename T>
 void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) {
   const T* b1 = static_cast<const T*>(p.bias1);
   const T* b2 = static_cast<const T*>(p.bias2);
-  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : ffn_tile_rows(p);
+  const RowTiles rt = row_tiles(p.M, p.tiles, ffn_tile_rows(p));
+  const int64_t mt_max = rt.max_rows();
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
   Scratch abuf(mt_max * kKc), pbuf(mt_max * ld1), sbuf(mt_max * ld2), hbuf(mt_max * ldh);
@@ -299,8 +309,8 @@ void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) 
   std::memset(hbuf.p, 0, mt_max * ldh * sizeof(float));  // rows past mt are read, never stored
   if (p.gated) std::memset(hubuf.p, 0, mt_max * ldh * sizeof(float));
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * mt_max;
-    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
+    const int64_t m0 = rt.begin(t);
+    const int64_t mt = rt.begin(t + 1) - m0;
     rows_times_packed<T>(p.x, m0, mt, p.K, p.a1p, p.r1, pbuf.p, ld1, abuf.p);
     if (p.gated) rows_times_packed<T>(p.x, m0, mt, p.K, p.aup, p.r1u, ubuf.p, ldu, abuf.p);
     for (int64_t d0 = 0; d0 < p.d_ff; d0 += kFfnTileCols) {
@@ -347,6 +357,9 @@ inline bool has_bf16_dot() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16");
 }
+
+// k block of the bf16 left operand: as many bytes per row as kKc fp32 columns
+inline constexpr int64_t kKc16 = 2 * kKc;
 
 inline int64_t packed_pairs_u16(int64_t K, int64_t N) { return round_up(N, kNR) * round_up(K, 2); }
 
@@ -402,13 +415,26 @@ FS_BF16_TARGET FS_INLINE void block_product_bf16(const uint16_t* a, int64_t lda,
 
 // rows [m0, m0 + mt) x cols [k0, k0 + kc) of bf16 `src` -> buf (row stride ld, even), zero-padded to
 // an even column count and to round_up(mt, kMR) rows.
-inline void pack_rows_bf16(Strided src, int64_t m0, int64_t mt, int64_t k0, int64_t kc, uint16_t* buf, int64_t ld) {
+inline void pack_rows_bf16(Strided src, int64_t m0, int64_t mt, int64_t k0, int64_t kc, uint16_t* buf, int64_t ld,
+                           int64_t K) {
   const bf16_t* s = static_cast<const bf16_t*>(src.ptr);
   const int64_t kc2 = round_up(kc, 2);
+  const int64_t next_end = K - (k0 + kc) < kKc16 ? K : k0 + kc + kKc16;
   for (int64_t i = 0; i < mt; ++i) {
     uint16_t* row = buf + i * ld;
     if (src.cs == 1) {
-      std::memcpy(row, s + (m0 + i) * src.rs + k0, kc * sizeof(uint16_t));
+      // the next block's columns of this row towards L2 while this block is multiplied: the
+      // product is short enough that a block fetched on demand stalls it
+      const char* ahead = reinterpret_cast<const char*>(s + (m0 + i) * src.rs);
+      for (int64_t k = k0 + kc; k < next_end; k += 32) _mm_prefetch(ahead + 2 * k, _MM_HINT_T1);
+      // a whole block is a constant-size copy, expanded inline; a variable-size memcpy becomes
+      // `rep movsq`, whose start-up cost dominates copies this short
+      const bf16_t* in = s + (m0 + i) * src.rs + k0;
+      if (kc == kKc16) {
+        std::memcpy(row, in, kKc16 * sizeof(uint16_t));
+      } else {
+        std::memcpy(row, in, kc * sizeof(uint16_t));
+      }
     } else {
       for (int64_t k = 0; k < kc; ++k) row[k] = s[src.offset(m0 + i, k0 + k)].bits;
     }
@@ -431,21 +457,22 @@ inline void round_rows_bf16(const float* src, int64_t ld, int64_t rows, int64_t 
 template <typename TO>
 FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
                                       const Epilogue<TO, bf16_t>& e, int64_t tile_begin, int64_t tile_end) {
-  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : tile_rows(round_up(p.r, kNR));
+  const RowTiles rt = row_tiles(p.M, p.tiles, tile_rows(round_up(p.r, kNR)));
+  const int64_t mt_max = rt.max_rows();
   const int64_t ldt = round_up(p.r, kNR);
   const int64_t ldt16 = round_up(p.r, 2);
   const int64_t r2 = ceil_div(p.r, 2);
-  Scratch abuf(mt_max * kKc / 2 + 16), tbuf(mt_max * ldt), t16(mt_max * ldt16 / 2 + 16);
+  Scratch abuf(mt_max * kKc16 / 2 + 16), tbuf(mt_max * ldt), t16(mt_max * ldt16 / 2 + 16);
   uint16_t* a16 = reinterpret_cast<uint16_t*>(abuf.p);
   uint16_t* tb16 = reinterpret_cast<uint16_t*>(t16.p);
   const int64_t K2 = ceil_div(p.K, 2);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * mt_max;
-    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
-    for (int64_t k0 = 0; k0 < p.K; k0 += kKc) {  // T = x A (fp32 accumulators across k blocks)
-      const int64_t kc = p.K - k0 < kKc ? p.K - k0 : kKc;
-      pack_rows_bf16(p.x, m0, mt, k0, kc, a16, kKc);
-      block_product_bf16(a16, kKc, mt, ceil_div(kc, 2), a_pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, p.r,
+    const int64_t m0 = rt.begin(t);
+    const int64_t mt = rt.begin(t + 1) - m0;
+    for (int64_t k0 = 0; k0 < p.K; k0 += kKc16) {  // T = x A (fp32 accumulators across k blocks)
+      const int64_t kc = p.K - k0 < kKc16 ? p.K - k0 : kKc16;
+      pack_rows_bf16(p.x, m0, mt, k0, kc, a16, kKc16, p.K);
+      block_product_bf16(a16, kKc16, mt, ceil_div(kc, 2), a_pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, p.r,
                          AccumulateSink{tbuf.p, ldt, k0 == 0});
     }
     if (p.K == 0) std::memset(tbuf.p, 0, mt_max * ldt * sizeof(float));
@@ -462,14 +489,14 @@ struct FfnPairs {
   const uint16_t *a1, *b1, *a2, *b2, *au, *bu;
 };
 
-// out (fp32, ld) = left[m0:m0+mt, :K] (bf16) @ pairs (K x n); x16 holds round_up(mt, kMR) x kKc.
+// out (fp32, ld) = left[m0:m0+mt, :K] (bf16) @ pairs (K x n); x16 holds round_up(mt, kMR) x kKc16.
 FS_BF16_TARGET inline void rows_times_pairs(Strided left, int64_t m0, int64_t mt, int64_t K, const uint16_t* pairs,
                                             int64_t n, float* out, int64_t ld, uint16_t* x16, int64_t rows_pad) {
   const int64_t K2 = ceil_div(K, 2);
-  for (int64_t k0 = 0; k0 < K; k0 += kKc) {
-    const int64_t kc = K - k0 < kKc ? K - k0 : kKc;
-    pack_rows_bf16(left, m0, mt, k0, kc, x16, kKc);
-    block_product_bf16(x16, kKc, mt, ceil_div(kc, 2), pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, n,
+  for (int64_t k0 = 0; k0 < K; k0 += kKc16) {
+    const int64_t kc = K - k0 < kKc16 ? K - k0 : kKc16;
+    pack_rows_bf16(left, m0, mt, k0, kc, x16, kKc16, K);
+    block_product_bf16(x16, kKc16, mt, ceil_div(kc, 2), pairs + (k0 / 2) * kNR * 2, K2 * kNR * 2, n,
                        AccumulateSink{out, ld, k0 == 0});
   }
   if (K == 0) std::memset(out, 0, rows_pad * ld * sizeof(float));
@@ -477,13 +504,14 @@ FS_BF16_TARGET inline void rows_times_pairs(Strided left, int64_t m0, int64_t mt
 
 FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f, bf16_t* y, int64_t tile_begin,
                                           int64_t tile_end) {
-  const int64_t mt_max = p.tile_rows > 0 ? p.tile_rows : ffn_tile_rows(p);
+  const RowTiles rt = row_tiles(p.M, p.tiles, ffn_tile_rows(p));
+  const int64_t mt_max = rt.max_rows();
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
   const int64_t r1p = ceil_div(p.r1, 2), r2p = ceil_div(p.r2, 2), rup = ceil_div(p.r1u, 2);
   const int64_t dff2 = ceil_div(p.d_ff, 2);
   // fp32 accumulators and their bf16 roundings (uint16 halves of float-sized scratch)
-  Scratch x16(mt_max * kKc / 2 + 16), pbuf(mt_max * ld1), p16(mt_max * ld1 / 2 + 16), sbuf(mt_max * ld2),
+  Scratch x16(mt_max * kKc16 / 2 + 16), pbuf(mt_max * ld1), p16(mt_max * ld1 / 2 + 16), sbuf(mt_max * ld2),
       s16(mt_max * ld2 / 2 + 16), hbuf(mt_max * ldh), h16(mt_max * ldh / 2 + 16);
   Scratch ubuf(p.gated ? mt_max * ldu : 0), u16(p.gated ? mt_max * ldu / 2 + 16 : 0), hubuf(p.gated ? mt_max * ldh : 0);
   auto u16p = [](Scratch& s) { return reinterpret_cast<uint16_t*>(s.p); };
@@ -492,8 +520,8 @@ FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f
   if (p.gated) std::memset(hubuf.p, 0, mt_max * ldh * sizeof(float));
   const int64_t rows_pad = round_up(mt_max, kMR);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * mt_max;
-    const int64_t mt = p.M - m0 < mt_max ? p.M - m0 : mt_max;
+    const int64_t m0 = rt.begin(t);
+    const int64_t mt = rt.begin(t + 1) - m0;
     const int64_t rows = round_up(mt, kMR);
     rows_times_pairs(p.x, m0, mt, p.K, f.a1, p.r1, pbuf.p, ld1, u16p(x16), rows_pad);
     round_rows_bf16(pbuf.p, ld1, rows, p.r1, u16p(p16), 2 * r1p);
@@ -539,12 +567,14 @@ inline constexpr bool kBf16DotCompiled = false;
 // ---- generic product for the backward: out = epilogue(left @ packed), left any strides ------------
 template <typename TL, typename TO, typename T>
 void gemm_tiles(Strided left, int64_t M, int64_t K, const float* packed, int64_t N, const Epilogue<TO, T>& e,
-                int64_t tile_rows_, int64_t tile_begin, int64_t tile_end) {
+                int64_t tiles, int64_t tile_begin, int64_t tile_end) {
   const int64_t ldc = round_up(N, kNR);
-  Scratch abuf(tile_rows_ * kKc), cbuf(tile_rows_ * ldc);
+  const RowTiles rt = row_tiles(M, tiles, tile_rows(ldc));
+  const int64_t mt_max = rt.max_rows();
+  Scratch abuf(mt_max * kKc), cbuf(mt_max * ldc);
   for (int64_t t = tile_begin; t < tile_end; ++t) {
-    const int64_t m0 = t * tile_rows_;
-    const int64_t mt = M - m0 < tile_rows_ ? M - m0 : tile_rows_;
+    const int64_t m0 = rt.begin(t);
+    const int64_t mt = rt.begin(t + 1) - m0;
     rows_times_packed<TL>(left, m0, mt, K, packed, N, cbuf.p, ldc, abuf.p);
     // the epilogue over C: an identity "product" would cost a pass anyway; apply it row-vector-wise
     for (int64_t i0 = 0; i0 < mt; i0 += kMR) {

@@ -66,7 +66,7 @@ struct LinearProblem {
   Strided a, b;  // [K, r], [r, N]
   const float* a_packed = nullptr;
   const float* b_packed = nullptr;
-  int64_t tile_rows = 0;  // CPU: rows per tile (0: the largest that keeps the tile in L2)
+  int64_t tiles = 0;  // CPU: the M rows as this many near-equal row tiles (RowTiles; 0: as few as fit L2)
 };
 
 // lowrank_ffn (gated = false): y = act(x A1 B1 + b1) A2 B2 + b2;
@@ -80,7 +80,7 @@ struct FfnProblem {
   const float *a1p = nullptr, *b1p = nullptr, *a2p = nullptr, *b2p = nullptr, *aup = nullptr, *bup = nullptr;  // CPU packs
   const void* bias1 = nullptr;  // [d_ff] or null
   const void* bias2 = nullptr;  // [N] or null
-  int64_t tile_rows = 0;        // CPU: rows per tile (0: the largest that keeps the tiles in L2)
+  int64_t tiles = 0;            // CPU: as LinearProblem::tiles
 };
 
 // Where a product's result goes, type-erased: out[m * ldo + n] (the op's dtype, or fp32 when
@@ -99,5 +99,18 @@ struct EpilogueArgs {
 
 FS_HOST_DEVICE FS_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 FS_HOST_DEVICE FS_INLINE int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// M rows as `tiles` near-equal runs of whole `block`-row groups (block: the CPU microkernel's
+// rows): tile t is rows [begin(t), begin(t + 1)), at most max_rows() of them. Equal tiles rather
+// than equal-but-last, so threads given the same number of tiles get the same work.
+struct RowTiles {
+  int64_t M = 0, block = 1, tiles = 1;
+  int64_t groups() const { return ceil_div(M, block); }
+  int64_t begin(int64_t t) const {
+    const int64_t row = groups() * t / tiles * block;
+    return row < M ? row : M;
+  }
+  int64_t max_rows() const { return ceil_div(groups(), tiles) * block; }
+};
 
 }  // namespace flashstream::lowrank
