@@ -95,14 +95,28 @@ def test_linear_max_rank_and_empty_output(device):
     assert lowrank_linear(x, A0, B0).shape == (33, 0)
 
 
-def test_linear_extreme_values_activation(device):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_extreme_values_activation(device, dtype):
     # activations far in the tails: gelu -> 0 / identity, silu -> 0 / identity, no NaN
-    x = torch.linspace(-60, 60, 241, device=device)[:, None]
-    A = torch.ones(1, 1, device=device)
-    B = torch.ones(1, 1, device=device)
+    x = torch.linspace(-60, 60, 241, device=device)[:, None].to(dtype)
+    A = torch.ones(1, 1, device=device, dtype=dtype)
+    B = torch.ones(1, 1, device=device, dtype=dtype)
     for activation in ("gelu", "silu"):
         y = lowrank_linear(x, A, B, None, activation)
-        check(y, lowrank_linear_reference(x, A, B, None, activation), torch.float32)
+        check(y, lowrank_linear_reference(x, A, B, None, activation), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16bit_gelu_error_bound(device, dtype):
+    # 16-bit ops take a cheaper GELU on CPU (normal_cdf_16bit: Phi to 2e-6 absolute): each output
+    # is within |z| * 2e-6 of the exact value, plus its own rounding (every representable z)
+    x = torch.linspace(-14, 14, 40001, dtype=torch.float64).to(dtype).unique()[:, None].to(device)
+    one = torch.ones(1, 1, device=device, dtype=dtype)
+    y = lowrank_linear(x, one, one, None, "gelu").cpu().double()
+    z = x.cpu().double()
+    exact = torch.nn.functional.gelu(z)
+    bound = z.abs() * 2e-6 + exact.abs() * torch.finfo(dtype).eps / 2 + torch.finfo(dtype).smallest_normal * 2 ** -10
+    assert ((y - exact).abs() <= bound).all(), ((y - exact).abs() - bound).max()
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

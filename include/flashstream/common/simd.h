@@ -185,13 +185,20 @@ FS_INLINE vf reciprocal(vf x) {
 #endif
 }
 
-// Round half to even (as torch.round / rintf), exact for |x| < 2^23: adding 2^23 leaves no
-// fraction bits, so the FPU's own round-to-nearest-even does the rounding. NaN stays NaN.
+// Round half to even (as torch.round / rintf); NaN stays NaN. One vroundscaleps / vroundps; the
+// portable form adds 2^23 so that no fraction bits are left and the FPU's own round-to-nearest-even
+// does the rounding (exact for |x| < 2^23, and larger floats are integers already).
 FS_INLINE vf round_even(vf x) {
+#if defined(__AVX512F__)
+  return (vf)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#elif defined(__AVX2__)
+  return (vf)_mm256_round_ps((__m256)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
   const vf big = splat(8388608.0f);
   const vf a = abs(x);
   const vf r = (a + big) - big;
   return copysign(a < big ? r : a, x);
+#endif
 }
 
 // e^x for x in [-87, 88]; ~1 ulp: Cody-Waite reduction by ln2, then a degree-7 Taylor polynomial

@@ -71,7 +71,7 @@ void pack_rows(Strided src, int64_t m0, int64_t mt, int64_t k0, int64_t kc, floa
 // ---- activations (vector forms of params.h's activate / activate_grad) ----------------------
 // erfc(a) for a >= 0, fractional error < 1.2e-7 (Numerical Recipes' erfcc Chebyshev fit).
 FS_INLINE vf erfc_nonneg(vf a) {
-  const vf t = 1.0f / (1.0f + 0.5f * a);
+  const vf t = simd::reciprocal(1.0f + 0.5f * a);  // ~1 ulp, a fraction of a division's cost
   vf p = simd::splat(0.17087277f);
   p = p * t - 0.82215223f;
   p = p * t + 1.48851587f;
@@ -91,11 +91,34 @@ FS_INLINE vf normal_cdf(vf z) {
   return z < 0.0f ? tail : 1.0f - tail;
 }
 
-FS_INLINE vf sigmoid(vf z) { return 1.0f / (1.0f + simd::exp(-z)); }
+// Phi(z) to an absolute error below 2e-6 in half the operations of normal_cdf, for 16-bit ops,
+// whose outputs round at 4e-3 (bf16) or 5e-4 (fp16) relative: erfc(a) = P(a)^-16 with P the
+// degree-6 polynomial of Abramowitz & Stegun 7.1.28 (|error| <= 3e-7 in exact arithmetic; the
+// 16th power multiplies P's fp32 rounding by 16). a is capped where P^16 would overflow; erfc
+// is below 1e-40 there already.
+FS_INLINE vf normal_cdf_16bit(vf z) {
+  const vf a = simd::min(simd::abs(z) * kInvSqrt2, simd::splat(10.0f));
+  vf p = simd::splat(4.30638e-5f);
+  p = p * a + 2.765672e-4f;
+  p = p * a + 1.520143e-4f;
+  p = p * a + 9.2705272e-3f;
+  p = p * a + 4.22820123e-2f;
+  p = p * a + 7.05230784e-2f;
+  p = p * a + 1.0f;
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  p = p * p;
+  const vf tail = 0.5f * simd::reciprocal(p);  // Phi(-|z|)
+  return z < 0.0f ? tail : 1.0f - tail;
+}
 
-FS_INLINE vf activate(Activation act, vf z) {
+FS_INLINE vf sigmoid(vf z) { return simd::reciprocal(1.0f + simd::exp(-z)); }
+
+// low_precision: the op's dtype is 16-bit (GELU through normal_cdf_16bit).
+FS_INLINE vf activate(Activation act, vf z, bool low_precision = false) {
   switch (act) {
-    case Activation::gelu: return z * normal_cdf(z);
+    case Activation::gelu: return z * (low_precision ? normal_cdf_16bit(z) : normal_cdf(z));
     case Activation::silu: return z * sigmoid(z);
     default: return z;
   }
@@ -177,6 +200,23 @@ struct Epilogue {
   int64_t ldg = 0;
 };
 
+// y[i] = act(acc[i][v] + bias) for every row of a tile's column vector v. One switch, then kMR
+// independent chains with no branch between them, so out-of-order execution overlaps them: GELU
+// is ~25 dependent operations, which one row at a time would leave latency-bound.
+template <bool kLowPrecision>
+FS_INLINE void activate_column(Activation act, const vf (&acc)[kMR][kNV], int v, vf bias, vf (&y)[kMR]) {
+  switch (act) {
+    case Activation::gelu:
+      for (int i = 0; i < kMR; ++i) y[i] = activate(Activation::gelu, acc[i][v] + bias, kLowPrecision);
+      break;
+    case Activation::silu:
+      for (int i = 0; i < kMR; ++i) y[i] = activate(Activation::silu, acc[i][v] + bias);
+      break;
+    default:
+      for (int i = 0; i < kMR; ++i) y[i] = acc[i][v] + bias;
+  }
+}
+
 // Sink: the valid part (rows < mt, cols < N) of each tile through the epilogue, rows offset m0.
 template <typename TO, typename TB>
 struct EpilogueSink {
@@ -198,29 +238,31 @@ struct EpilogueSink {
           bias = simd::load(tmp_b);
         }
       }
-      for (int i = 0; i < kMR && i0 + i < mt; ++i) {
-        const int64_t m = m0 + i0 + i;
-        const vf z = acc[i][v] + bias;
-        vf y;
-        if (e.mode == EpilogueMode::activation_grad) {
+      const int rows = mt - i0 < kMR ? int(mt - i0) : kMR;
+      vf y[kMR];
+      if (e.mode == EpilogueMode::activation_grad) {
+        for (int i = 0; i < rows; ++i) {
+          const TB* gp = e.grad + (m0 + i0 + i) * e.ldg + n;
           vf g;
           if (full) {
-            g = simd::load(e.grad + m * e.ldg + n);
+            g = simd::load(gp);
           } else {
             std::memset(static_cast<void*>(tmp_b), 0, sizeof tmp_b);
-            std::memcpy(static_cast<void*>(tmp_b), e.grad + m * e.ldg + n, (N - n) * sizeof(TB));
+            std::memcpy(static_cast<void*>(tmp_b), gp, (N - n) * sizeof(TB));
             g = simd::load(tmp_b);
           }
-          y = g * activate_grad(e.act, z);
-        } else {
-          y = activate(e.act, z);
+          y[i] = g * activate_grad(e.act, acc[i][v] + bias);
         }
-        TO* dst = e.out + m * e.ldo + n;
+      } else {
+        activate_column<sizeof(TB) == 2>(e.act, acc, v, bias, y);
+      }
+      for (int i = 0; i < rows; ++i) {
+        TO* dst = e.out + (m0 + i0 + i) * e.ldo + n;
         if (full) {
-          simd::store(dst, y);
+          simd::store(dst, y[i]);
         } else {
           alignas(64) TO tmp[kL];
-          simd::store(tmp, y);
+          simd::store(tmp, y[i]);
           std::memcpy(static_cast<void*>(dst), tmp, (N - n) * sizeof(TO));
         }
       }
@@ -330,7 +372,7 @@ void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) 
           float* g = hbuf.p + i * ldh;
           const float* u = hubuf.p + i * ldh;
           for (int64_t j = 0; j < round_up(dc, kL); j += kL)
-            simd::store(g + j, activate(p.act, simd::load(g + j)) * simd::load(u + j));
+            simd::store(g + j, activate(p.act, simd::load(g + j), sizeof(T) == 2) * simd::load(u + j));
         }
       }
       // S (+)= H[:, :dc] A2[d0:d0+dc, :]
@@ -546,7 +588,7 @@ FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f
           float* g = hbuf.p + i * ldh;
           const float* u = hubuf.p + i * ldh;
           for (int64_t j = 0; j < round_up(dc, kL); j += kL)
-            simd::store(g + j, activate(p.act, simd::load(g + j)) * simd::load(u + j));
+            simd::store(g + j, activate(p.act, simd::load(g + j), true) * simd::load(u + j));
         }
       }
       round_rows_bf16(hbuf.p, ldh, mt, dc, u16p(h16), ldh);  // columns >= dc are zero

@@ -32,7 +32,8 @@ and each intermediate is rounded to bf16 first, as the unfused chain does; likew
 are multiples of 8, r <= 256 and x, A, B are row-major with row strides multiples of 8 and
 16-byte aligned (tensor cores; ``x @ A`` rounded to the dtype; the other cases: fp32 kernels),
 and under the same conditions its backward's ``grad_x = (G B^T) A^T`` (``G B^T`` rounded). "gelu" is the
-exact erf GELU (``torch.nn.functional.gelu``), "silu" is ``x * sigmoid(x)``. The two FFN ops are
+exact erf GELU (``torch.nn.functional.gelu``; on CPU, bf16/fp16 ops evaluate its normal CDF to an
+absolute 2e-6, far below their output rounding, fp32 to ~1e-7), "silu" is ``x * sigmoid(x)``. The two FFN ops are
 inference only: they raise if a gradient is asked for.
 """
 
