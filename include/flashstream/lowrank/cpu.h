@@ -455,6 +455,29 @@ FS_BF16_TARGET FS_INLINE void block_product_bf16(const uint16_t* a, int64_t lda,
   }
 }
 
+// As block_product_bf16 for a wide output (the rank-space tile times B): panels in chunks of at most
+// kWideChunkBytes, and within a chunk row groups outer, so the left rows stay in L1 while the
+// chunk streams from L2, and each output row is written as one run per chunk.
+inline constexpr int64_t kWideChunkBytes = 256 * 1024;
+
+template <typename Sink>
+FS_BF16_TARGET FS_INLINE void wide_product_bf16(const uint16_t* a, int64_t lda, int64_t mt, int64_t kp_count,
+                                                const uint16_t* bp, int64_t bstride, int64_t N, Sink&& sink) {
+  vf acc[kMR][kNV];
+  const int64_t panels = ceil_div(N, kNR);
+  int64_t chunk = kWideChunkBytes / (bstride * int64_t(sizeof(uint16_t)));
+  chunk = chunk < 1 ? 1 : chunk;
+  for (int64_t p0 = 0; p0 < panels; p0 += chunk) {
+    const int64_t p1 = p0 + chunk < panels ? p0 + chunk : panels;
+    for (int64_t i0 = 0; i0 < mt; i0 += kMR) {
+      for (int64_t p = p0; p < p1; ++p) {
+        microkernel_bf16(a + i0 * lda, lda, bp + p * bstride, kp_count, acc);
+        sink(i0, p * kNR, acc);
+      }
+    }
+  }
+}
+
 // rows [m0, m0 + mt) x cols [k0, k0 + kc) of bf16 `src` -> buf (row stride ld, even), zero-padded to
 // an even column count and to round_up(mt, kMR) rows.
 inline void pack_rows_bf16(Strided src, int64_t m0, int64_t mt, int64_t k0, int64_t kc, uint16_t* buf, int64_t ld,
@@ -519,7 +542,7 @@ FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_
     }
     if (p.K == 0) std::memset(tbuf.p, 0, mt_max * ldt * sizeof(float));
     round_rows_bf16(tbuf.p, ldt, round_up(mt, kMR), p.r, tb16, ldt16);  // T -> bf16 (round to nearest even)
-    block_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
+    wide_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
   }
 }
 
