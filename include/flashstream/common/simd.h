@@ -153,9 +153,35 @@ FS_INLINE vf copysign(vf mag, vf sgn) { return as_f((as_u(mag) & 0x7FFFFFFFu) | 
 // NaN in `a` propagates (every comparison with NaN is false).
 FS_INLINE vf min(vf a, vf b) { return a > b ? b : a; }
 FS_INLINE vf max(vf a, vf b) { return a < b ? b : a; }
-// Horizontal max / sum in lane order (a fixed order, so results do not depend on the caller).
-FS_INLINE float hmax(vf x) { float m = x[0]; for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m; return m; }
-FS_INLINE float hsum(vf x) { float s = 0.f; for (int i = 0; i < kLanes; ++i) s += x[i]; return s; }
+// Horizontal max / sum as a halving tree (log2 kLanes dependent steps, not kLanes: a lane-order
+// loop is one long chain of scalar operations). The order is fixed per ISA, so results do not
+// depend on the caller.
+FS_INLINE float hmax(vf x) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_max_ps((__m512)x);
+#elif defined(__AVX2__)
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+#else
+  float m = x[0];
+  for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+#endif
+}
+FS_INLINE float hsum(vf x) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps((__m512)x);
+#elif defined(__AVX2__)
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+#else
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += x[i];
+  return s;
+#endif
+}
 
 // Fused multiply-add where the ISA has one (kHasFma); elsewhere a * b + c with two roundings, so
 // code that needs the fused result for exactness checks kHasFma first.

@@ -143,44 +143,57 @@ inline constexpr int kRowBlock = kLanes >= 16 ? 4 : 1;
 
 // Online-softmax bookkeeping of a row block after its scores s: masks, running max / sum, the
 // probabilities into sc[i * kKeyBlock + j] (exactly 0 outside a row's [jlo, jhi)), the rescale
-// factors corr, and the union [jmin, jmax) of the rows' visible keys.
+// factors corr, and the union [jmin, jmax) of the rows' visible keys. All rows' maxima first, so
+// that their rescale factors are one vector exp; rows that see the whole block skip the masks.
 FS_INLINE void softmax_rows(vf (&s)[kRowBlock][kNV], const int64_t* jlo, const int64_t* jhi, int64_t r0, float cap,
                             float* sc, float* m, float* l, float* corr, int64_t& jmin, int64_t& jmax) {
+  const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+  auto visible = [&](int i, int v) {  // lanes of score vector v that row i sees
+    simd::vi j = simd::vi{};
+    for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+    return (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
+  };
+  float m_new[kRowBlock];
+  vf m_shift = simd::splat(0.f);  // lanes i < kRowBlock: m_old - m_new of row i (0: corr = 1)
   for (int i = 0; i < kRowBlock; ++i) {
-    corr[i] = 1.f;
-    float* sci = sc + i * kKeyBlock;
-    if (jlo[i] >= jhi[i]) {
-      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
-      continue;
-    }
-    const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+    m_new[i] = -INFINITY;
+    if (jlo[i] >= jhi[i]) continue;
+    const bool whole = jlo[i] == 0 && jhi[i] == kKeyBlock;
     vf mx = simd::splat(-INFINITY);
-    simd::vi in[kNV];
 #pragma GCC unroll 16
     for (int v = 0; v < kNV; ++v) {
       vf x = s[i][v];
       if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
-      simd::vi j = simd::vi{};
-      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
-      in[v] = (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
-      x = simd::select(in[v], x, simd::splat(-INFINITY));
+      if (!whole) x = simd::select(visible(i, v), x, simd::splat(-INFINITY));
       s[i][v] = x;
       mx = simd::max(mx, x);
     }
-    const int64_t r = r0 + i;
-    const float m_blk = hmax(mx);
-    const float m_new = m_blk > m[r] ? m_blk : m[r];
-    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first block (m = -inf)
+    const float m_blk = hmax(mx), m_old = m[r0 + i];
+    m_new[i] = m_blk > m_old ? m_blk : m_old;
+    m_shift[i] = m_old - m_new[i];  // -inf on the row's first block
+  }
+  // exp(-inf) is 0 exactly; simd::exp clamps to e^-87, which multiplies a zero acc and l just the same
+  const vf c = simd::exp(m_shift);
+  for (int i = 0; i < kRowBlock; ++i) {
+    corr[i] = c[i];
+    float* sci = sc + i * kKeyBlock;
+    if (jlo[i] >= jhi[i]) {
+      corr[i] = 1.f;
+      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
+      continue;
+    }
+    const bool whole = jlo[i] == 0 && jhi[i] == kKeyBlock;
     vf psum = simd::splat(0.f);
 #pragma GCC unroll 16
     for (int v = 0; v < kNV; ++v) {
-      // simd::exp clamps its input, so masked lanes would come out tiny, not 0: select 0.
-      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
+      vf pv = simd::exp(s[i][v] - m_new[i]);
+      if (!whole) pv = simd::select(visible(i, v), pv, simd::splat(0.f));  // masked: 0, not e^-87
       psum += pv;
       simd::store(sci + v * kLanes, pv);
     }
+    const int64_t r = r0 + i;
     l[r] = l[r] * corr[i] + hsum(psum);
-    m[r] = m_new;
+    m[r] = m_new[i];
     jmin = jlo[i] < jmin ? jlo[i] : jmin;
     jmax = jhi[i] > jmax ? jhi[i] : jmax;
   }

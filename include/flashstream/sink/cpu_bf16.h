@@ -37,11 +37,19 @@ FS_BF16_TARGET inline void pack_rows_bf16(const float* rows, int64_t n, int64_t 
 
 // A key block kr [kKeyBlock, Dp] -> kp [Dp / 2, kKeyBlock] (pairs along d: lane = key), and its
 // values vb [kKeyBlock, Dp] -> vp [kKeyBlock / 2, Dp] (pairs along keys: lane = head dim).
+// The keys go 16 at a time through an in-register 16 x 16 transpose of their 32-bit pairs.
+static_assert(simd::kLanes == 16, "cpu_bf16.h is compiled into the AVX-512 build only");
 FS_BF16_TARGET inline void pack_block_bf16(const float* kr, const float* vb, int64_t Dp, uint32_t* kp, uint32_t* vp) {
-  alignas(64) uint32_t row[128];  // Dp / 2 <= 128
-  for (int j = 0; j < kKeyBlock; ++j) {
-    pack_rows_bf16(kr + j * Dp, 1, Dp, row);
-    for (int64_t u = 0; u < Dp / 2; ++u) kp[u * kKeyBlock + j] = row[u];
+  const int64_t P = Dp / 2;
+  alignas(64) uint32_t rows[16 * 128];  // [16 keys, P], P <= 128
+  for (int j0 = 0; j0 < kKeyBlock; j0 += 16) {
+    pack_rows_bf16(kr + j0 * Dp, 16, Dp, rows);
+    int64_t u0 = 0;
+    for (; u0 + 16 <= P; u0 += 16)  // pairs are moved as 32-bit lanes: bit-exact through float shuffles
+      simd::transpose_tile(reinterpret_cast<const float*>(rows + u0), P, reinterpret_cast<float*>(kp + u0 * kKeyBlock + j0),
+                           kKeyBlock);
+    for (; u0 < P; ++u0)
+      for (int j = 0; j < 16; ++j) kp[u0 * kKeyBlock + j0 + j] = rows[j * P + u0];
   }
   for (int w = 0; w < kKeyBlock / 2; ++w)
     for (int64_t d = 0; d < Dp; d += 16) {
