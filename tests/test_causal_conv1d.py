@@ -292,11 +292,12 @@ def test_every_cpu_isa(cpu_isa, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_short_chunks_are_bit_exact(cpu_isa, dtype):
     # Chunks of at most 16 (AVX-512: the register path, for states of up to 48 inputs in one,
-    # two or four registers) against one offline call (the window path): the same taps in the
-    # same order, so the same bits; W = 50 (a state of 49) stays on the window path. Plus a state
-    # pool with a padding slot (-1: zeros in, nothing saved).
+    # two or four registers, and narrow_rows_run for W = 2..4 at dilation 1) against one offline
+    # call (the window path): the same taps in the same order, so the same bits; W = 50 (a state
+    # of 49) stays on the window path. Plus a state pool with a padding slot (-1: zeros in,
+    # nothing saved).
     rng = random.Random(5)
-    for W, dil in ((2, 1), (4, 1), (5, 3), (9, 2), (17, 1), (4, 6), (31, 1), (33, 1), (7, 8), (50, 1)):
+    for W, dil in ((2, 1), (3, 1), (4, 1), (5, 3), (9, 2), (17, 1), (4, 6), (31, 1), (33, 1), (7, 8), (50, 1)):
         x, w, b, s = make(3, 37, 90, W, dil, dtype, "cpu")
         s0 = s.clone()
         offline = causal_conv1d(x, w, b, s0.clone(), dilation=dil, activation="silu")
