@@ -192,16 +192,38 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
         _mm512_store_ps(wconv + j, to_floats<T>(load_raw(w + c * W + j, lanes_between(0, W - j))));
       wr = wconv;
     }
-    int k = 0;
-    for (; k + 4 <= W; k += 4) {
-      a[0] += bcast(wr[k]) * tap_in(k);
-      a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
-      a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
-      a[3] += bcast(wr[k + 3]) * tap_in(k + 3);
+    if (dil == 1) {
+      // Taps [16 q, 16 q + 16) read registers q and q + 1 at offsets k - 16 q: with q constant
+      // per segment, no tap picks its registers at run time. Segments are whole groups of four
+      // taps but the last, so the partial sums take the taps in the same order as below.
+#pragma GCC unroll 4
+      for (int q = 0; q < R; ++q) {
+        const int kb = q * kShortLanes, ke = W < kb + kShortLanes ? W : kb + kShortLanes;
+        if (kb >= ke) break;
+        auto seg = [&](int k) { return simd::vf(_mm512_permutex2var_ps(f[q], tap[k - kb].idx, f[q + 1])); };
+        int k = kb;
+        for (; k + 4 <= ke; k += 4) {
+          a[0] += bcast(wr[k]) * seg(k);
+          a[1] += bcast(wr[k + 1]) * seg(k + 1);
+          a[2] += bcast(wr[k + 2]) * seg(k + 2);
+          a[3] += bcast(wr[k + 3]) * seg(k + 3);
+        }
+        if (k < ke) a[0] += bcast(wr[k]) * seg(k);
+        if (k + 1 < ke) a[1] += bcast(wr[k + 1]) * seg(k + 1);
+        if (k + 2 < ke) a[2] += bcast(wr[k + 2]) * seg(k + 2);
+      }
+    } else {
+      int k = 0;
+      for (; k + 4 <= W; k += 4) {
+        a[0] += bcast(wr[k]) * tap_in(k);
+        a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
+        a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
+        a[3] += bcast(wr[k + 3]) * tap_in(k + 3);
+      }
+      if (k < W) a[0] += bcast(wr[k]) * tap_in(k);
+      if (k + 1 < W) a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
+      if (k + 2 < W) a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
     }
-    if (k < W) a[0] += bcast(wr[k]) * tap_in(k);
-    if (k + 1 < W) a[1] += bcast(wr[k + 1]) * tap_in(k + 1);
-    if (k + 2 < W) a[2] += bcast(wr[k + 2]) * tap_in(k + 2);
     simd::vf acc = bcast(bias != nullptr ? to_float(bias[c]) : 0.0f) + ((a[0] + a[1]) + (a[2] + a[3]));
     if (p.silu) acc = silu(acc);
     __m512i new_state[SR];
