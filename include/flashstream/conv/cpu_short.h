@@ -127,6 +127,15 @@ struct DeferredSaves {
   }
 };
 
+// f(integral_constant<int, O>) for O = 0..15, unrolled: a lane shift by O is an immediate operand.
+template <int O = 0, typename F>
+FS_INLINE void each_offset(F&& f) {
+  if constexpr (O < kShortLanes) {
+    f(std::integral_constant<int, O>{});
+    each_offset<O + 1>(f);
+  }
+}
+
 // Rows [r0, r1) of B*C. A row's input as registers in[0..4) holding the lanes of state ++ x: the
 // state in lanes [0, L), x in [L, L + T); input g (relative to x) is lane L + g, so tap k of
 // output t reads lane t + k * dilation and the new state is lanes [T, T + L). The next row's
@@ -193,24 +202,18 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
       wr = wconv;
     }
     if (dil == 1) {
-      // Taps [16 q, 16 q + 16) read registers q and q + 1 at offsets k - 16 q: with q constant
-      // per segment, no tap picks its registers at run time. Segments are whole groups of four
-      // taps but the last, so the partial sums take the taps in the same order as below.
+      // Taps [16 q, 16 q + 16) read registers q and q + 1 shifted by k - 16 q lanes: q constant
+      // per segment and the shift an immediate (valignd), so no tap picks registers or loads a
+      // permute index at run time. Tap k still adds into partial sum k % 4, in the order below.
 #pragma GCC unroll 4
       for (int q = 0; q < R; ++q) {
         const int kb = q * kShortLanes, ke = W < kb + kShortLanes ? W : kb + kShortLanes;
         if (kb >= ke) break;
-        auto seg = [&](int k) { return simd::vf(_mm512_permutex2var_ps(f[q], tap[k - kb].idx, f[q + 1])); };
-        int k = kb;
-        for (; k + 4 <= ke; k += 4) {
-          a[0] += bcast(wr[k]) * seg(k);
-          a[1] += bcast(wr[k + 1]) * seg(k + 1);
-          a[2] += bcast(wr[k + 2]) * seg(k + 2);
-          a[3] += bcast(wr[k + 3]) * seg(k + 3);
-        }
-        if (k < ke) a[0] += bcast(wr[k]) * seg(k);
-        if (k + 1 < ke) a[1] += bcast(wr[k + 1]) * seg(k + 1);
-        if (k + 2 < ke) a[2] += bcast(wr[k + 2]) * seg(k + 2);
+        const __m512i lo = _mm512_castps_si512(f[q]), hi = _mm512_castps_si512(f[q + 1]);
+        each_offset([&](auto o) {
+          constexpr int O = decltype(o)::value;
+          if (kb + O < ke) a[O % 4] += bcast(wr[kb + O]) * simd::vf(_mm512_castsi512_ps(_mm512_alignr_epi32(hi, lo, O)));
+        });
       }
     } else {
       int k = 0;
