@@ -180,6 +180,15 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
   };
   T* srow = nullptr;
   __m512i in[R + 1];
+  alignas(64) float wconv[2][kShortMaxState + kShortLanes];  // 16-bit weights as floats, two rows
+  int wpar = 0;
+  auto convert_weights = [&](int64_t ch, float* out) {
+    for (int j = 0; j < W; j += kShortLanes)
+      _mm512_store_ps(out + j, to_floats<T>(load_raw(w + ch * W + j, lanes_between(0, W - j))));
+  };
+  if constexpr (!std::is_same_v<T, float>) {
+    if (r0 < r1) convert_weights(r0 % p.channels, wconv[0]);
+  }
   DeferredSaves<T, SR> saves;
   for (int j = 0; j < SR; ++j) saves.mask[j] = state_mask[j];  // 0 past the state's registers
   int64_t b = r0 / p.channels, c = r0 % p.channels;  // row r = b * C + c, advanced without divisions
@@ -191,15 +200,15 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
     auto tap_in = [&](int k) { return simd::vf(pick16<R>(f, tap[k], perm_f)); };
     simd::vf a[4] = {simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f)};
     // the row's weights as floats: fp32 read in place; 16-bit ones converted 16 at a time (a
-    // scalar fp16 conversion per tap costs more than the tap)
-    alignas(64) float wconv[kShortMaxState + kShortLanes];
+    // scalar fp16 conversion per tap costs more than the tap), one row ahead: the taps broadcast
+    // single floats out of these vector stores, and a load that soon after its store waits for it
     const float* wr;
     if constexpr (std::is_same_v<T, float>) {
       wr = w + c * W;
     } else {
-      for (int j = 0; j < W; j += kShortLanes)
-        _mm512_store_ps(wconv + j, to_floats<T>(load_raw(w + c * W + j, lanes_between(0, W - j))));
-      wr = wconv;
+      wr = wconv[wpar];
+      wpar ^= 1;
+      if (r + 1 < r1) convert_weights(c + 1 == p.channels ? 0 : c + 1, wconv[wpar]);
     }
     if (dil == 1) {
       // Taps [16 q, 16 q + 16) read registers q and q + 1 shifted by k - 16 q lanes: q constant
@@ -276,12 +285,19 @@ void narrow_rows_run(const CausalConv1dParams& p, const T* x, const T* w, const 
   DeferredSaves<T, 1> saves{{ms}};
   for (int64_t r = r0; r < r1; ++r) {
     const __m512 S = to_floats<T>(sv), X = to_floats<T>(xv);
-    float wr[W];
-    for (int k = 0; k < W; ++k) wr[k] = to_float(w[c * W + k]);
+    // the weights: fp32 broadcast from memory; 16-bit ones converted as one vector, whose lanes
+    // are then broadcast (one conversion, not one scalar fp16 conversion per tap)
+    simd::vf wk[W];
+    if constexpr (std::is_same_v<T, float>) {
+      for (int k = 0; k < W; ++k) wk[k] = bcast(w[c * W + k]);
+    } else {
+      const __m512 wv = to_floats<T>(load_raw(w + c * W, lanes_between(0, W)));
+      for (int k = 0; k < W; ++k) wk[k] = simd::vf(_mm512_permutexvar_ps(_mm512_set1_epi32(k), wv));
+    }
     simd::vf a[4] = {simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f), simd::splat(0.0f)};
 #pragma GCC unroll 4
     for (int k = 0; k < W; ++k)
-      a[k] += bcast(wr[k]) * simd::vf(k == L ? X : _mm512_permutex2var_ps(S, tap_idx[k], X));
+      a[k] += wk[k] * simd::vf(k == L ? X : _mm512_permutex2var_ps(S, tap_idx[k], X));
     simd::vf acc = bcast(bias != nullptr ? to_float(bias[c]) : 0.0f) + ((a[0] + a[1]) + (a[2] + a[3]));
     if (silu_out) acc = silu(acc);
     const __m512i new_state = _mm512_permutex2var_epi32(sv, keep_idx, xv);
