@@ -53,20 +53,19 @@ void run_linear(const LowrankCpuKernels& k, DType dt, lowrank::LinearProblem p, 
                 const at::TensorOptions& opts) {
   if (p.M == 0 || p.N == 0) return;
   p.tiles = task_tiles(k, p.M, k.linear_tile_rows(p.r));
-  const int64_t tiles = p.tiles;
   if (dt == DType::bf16 && k.has_bf16_dot()) {
     const at::Tensor ap = pack_pairs(k, p.a, p.K, p.r, opts);
     const at::Tensor bp = pack_pairs(k, p.b, p.r, p.N, opts);
     const auto* a16 = reinterpret_cast<const uint16_t*>(ap.const_data_ptr());
     const auto* b16 = reinterpret_cast<const uint16_t*>(bp.const_data_ptr());
-    at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) { k.linear_bf16(p, a16, b16, e, b, en); });
+    at::parallel_for(0, p.tiles, 1, [&](int64_t b, int64_t en) { k.linear_bf16(p, a16, b16, e, b, en); });
     return;
   }
   const at::Tensor ap = pack(k, dt, p.a, p.K, p.r, opts);
   const at::Tensor bp = pack(k, dt, p.b, p.r, p.N, opts);
   p.a_packed = ap.const_data_ptr<float>();
   p.b_packed = bp.const_data_ptr<float>();
-  at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t en) { k.linear(dt, p, e, b, en); });
+  at::parallel_for(0, p.tiles, 1, [&](int64_t b, int64_t en) { k.linear(dt, p, e, b, en); });
 }
 
 at::Tensor lowrank_linear_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
@@ -129,7 +128,6 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
   const auto& k = kernels();
   const DType dt = lowrank_dtype(x);
   p.tiles = task_tiles(k, p.M, k.ffn_tile_rows(p));
-  const int64_t tiles = p.tiles;
   void* out = y.mutable_data_ptr();
   if (dt == DType::bf16 && k.has_bf16_dot()) {
     const at::Tensor packs[6] = {
@@ -140,7 +138,7 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
     const uint16_t* pairs[6];
     for (int i = 0; i < 6; ++i)
       pairs[i] = packs[i].defined() ? reinterpret_cast<const uint16_t*>(packs[i].const_data_ptr()) : nullptr;
-    at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) { k.ffn_bf16(p, pairs, out, b, e); });
+    at::parallel_for(0, p.tiles, 1, [&](int64_t b, int64_t e) { k.ffn_bf16(p, pairs, out, b, e); });
     return y;
   }
   const at::Tensor a1 = pack(k, dt, p.a1, p.K, p.r1, x.options());
@@ -158,7 +156,7 @@ at::Tensor run_ffn(const char* op, FfnArgs& a, const at::Tensor& x, const at::Te
     p.aup = au.const_data_ptr<float>();
     p.bup = bu.const_data_ptr<float>();
   }
-  at::parallel_for(0, tiles, 1, [&](int64_t b, int64_t e) { k.ffn(dt, p, out, b, e); });
+  at::parallel_for(0, p.tiles, 1, [&](int64_t b, int64_t e) { k.ffn(dt, p, out, b, e); });
   return y;
 }
 
