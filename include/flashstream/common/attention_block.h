@@ -1,7 +1,8 @@
 // The two inner products of the CPU flash-attention kernels (sink attention, low-rank attention),
 // for R rows of queries and one block of NV * kLanes keys: scores against keys stored transposed
 // (Kt[d][j], so a row's scores are broadcast-FMAs over key vectors, no horizontal sums), and the
-// rescaled accumulation acc = acc * corr + P V. The kernels keep their own masking and softmax.
+// rescaled accumulation acc = acc * corr + P V, and the online-softmax step between them (the
+// kernels say which keys each row sees).
 // Host only, on common/simd.h (one copy per ISA).
 #pragma once
 #include <cstdint>
@@ -31,6 +32,58 @@ FS_INLINE void scores(const float* const (&q)[R], const float* kt, int64_t kb, i
 #pragma GCC unroll 16
       for (int v = 0; v < NV; ++v) s[i][v] = simd::fma(qd, kv[v], s[i][v]);
     }
+  }
+}
+
+// The online-softmax step of R rows over one key block, after their scores s: lanes a row does not
+// see (visible(i, v), a lane mask per score vector; rows with whole[i] see every lane and skip the
+// masks) are excluded; then the running max m[i] and sum l[i], the probabilities p[i * kb + j]
+// (exactly 0 where not visible) and the factors corr[i] that rescale the row's accumulator. Rows
+// that are not active, or see nothing here, keep m and l, corr 1 and a zero p row. All rows'
+// maxima come first, so their rescale factors are one vector exp.
+template <int R, int NV, typename Visible>
+FS_INLINE void online_softmax(vf (&s)[R][NV], const bool (&active)[R], const bool (&whole)[R], Visible&& visible,
+                              float* m, float* l, float* p, int64_t kb, float* corr) {
+  static_assert(R <= kLanes, "one lane per row for the rescale factors");
+  bool live[R];
+  float m_new[R];
+  vf m_shift = simd::splat(0.f);  // lane i: m_old - m_new of row i (0: corr = 1)
+  for (int i = 0; i < R; ++i) {
+    live[i] = false;
+    m_new[i] = -INFINITY;
+    if (!active[i]) continue;
+    vf mx = simd::splat(-INFINITY);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      if (!whole[i]) s[i][v] = simd::select(visible(i, v), s[i][v], simd::splat(-INFINITY));
+      mx = simd::max(mx, s[i][v]);
+    }
+    const float m_blk = simd::hmax(mx);
+    if (m_blk == -INFINITY) continue;  // nothing visible to this row in the block
+    live[i] = true;
+    m_new[i] = m_blk > m[i] ? m_blk : m[i];
+    m_shift[i] = m[i] - m_new[i];  // -inf on the row's first block
+  }
+  // exp(-inf) is 0 exactly; simd::exp clamps to e^-87, which multiplies a zero acc and l alike
+  const vf c = simd::exp(m_shift);
+  for (int i = 0; i < R; ++i) {
+    float* pi = p + i * kb;
+    if (!live[i]) {
+      corr[i] = 1.f;
+      for (int j = 0; j < NV * kLanes; ++j) pi[j] = 0.f;
+      continue;
+    }
+    corr[i] = c[i];
+    vf psum = simd::splat(0.f);
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      vf pv = simd::exp(s[i][v] - m_new[i]);
+      if (!whole[i]) pv = simd::select(visible(i, v), pv, simd::splat(0.f));  // masked: 0, not e^-87
+      psum += pv;
+      simd::store(pi + v * kLanes, pv);
+    }
+    l[i] = l[i] * corr[i] + simd::hsum(psum);
+    m[i] = m_new[i];
   }
 }
 

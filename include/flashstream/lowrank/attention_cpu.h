@@ -26,8 +26,6 @@ using simd::kLanes;
 using simd::vf;
 
 using simd::broadcast;
-using simd::hmax;
-using simd::hsum;
 
 // ---- a small fp32 GEMM: c = scale * (a b + bias), columns in whole vectors ---------------------
 
@@ -137,11 +135,11 @@ inline constexpr int kNV = kKeyBlock / kLanes;          // score vectors per row
 inline constexpr int kAttnRows = kLanes >= 16 ? 4 : 1;  // rows sharing each key / value load
 
 // Online-softmax update of query rows [r0, r0 + nr) of the tile (query t = t0 + row) with one key
-// block at p0 (nb keys; key_ok lanes -1 where the key is not padding). kt: keys transposed
-// [Dhp, kKeyBlock]; vb: values [kKeyBlock, Dhp]; q, acc: [tile, Dhp].
+// block at p0 (nb keys; key_ok lanes -1 where the key is not padding, all_keys when every lane
+// is). kt: keys transposed [Dhp, kKeyBlock]; vb: values [kKeyBlock, Dhp]; q, acc: [tile, Dhp].
 inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64_t p0, int nb,
-                        const int32_t* key_ok, const float* q, int64_t Dhp, const float* kt, const float* vb,
-                        float* sc, float* m, float* l, float* acc) {
+                        const int32_t* key_ok, bool all_keys, const float* q, int64_t Dhp, const float* kt,
+                        const float* vb, float* sc, float* m, float* l, float* acc) {
   int jhi[kAttnRows];
   const float* qr[kAttnRows];
   bool any = false;
@@ -164,43 +162,21 @@ inline void attend_rows(const AttnArgs& a, int64_t t0, int64_t r0, int nr, int64
   attention_block::scores(qr, kt, kKeyBlock, Dhp, s);
 
   // Softmax bookkeeping; probabilities of keys a row may not see are exactly 0.
-  float corr[kAttnRows];
+  bool active[kAttnRows], whole[kAttnRows];
   int jmax = 0;
   for (int i = 0; i < kAttnRows; ++i) {
-    corr[i] = 1.f;
-    float* sci = sc + i * kKeyBlock;
-    simd::vi in[kNV];
-    vf mx = simd::splat(-INFINITY);
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      simd::vi j, ok;
-      for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
-      std::memcpy(&ok, key_ok + v * kLanes, sizeof ok);
-      in[v] = ok & (j < jhi[i]);
-      s[i][v] = simd::select(in[v], s[i][v], simd::splat(-INFINITY));
-      mx = simd::max(mx, s[i][v]);
-    }
-    const float m_blk = hmax(mx);
-    if (m_blk == -INFINITY) {  // nothing visible to this row here (or a padded row of the block)
-      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
-      continue;
-    }
-    const int64_t r = r0 + i;
-    const float m_new = m_blk > m[r] ? m_blk : m[r];
-    corr[i] = std::exp(m[r] - m_new);  // 0 on the row's first visible block (m = -inf)
-    vf psum = simd::splat(0.f);
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      // simd::exp clamps its argument, so masked lanes would come out tiny, not 0: select 0.
-      const vf pv = simd::select(in[v], simd::exp(s[i][v] - m_new), simd::splat(0.f));
-      psum += pv;
-      simd::store(sci + v * kLanes, pv);
-    }
-    l[r] = l[r] * corr[i] + hsum(psum);
-    m[r] = m_new;
+    active[i] = jhi[i] > 0;
+    whole[i] = all_keys && jhi[i] == kKeyBlock;  // rows that see every key skip the masks
     jmax = jhi[i] > jmax ? jhi[i] : jmax;
   }
-  if (jmax == 0) return;
+  auto visible = [&](int i, int v) {
+    simd::vi j, ok;
+    for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
+    std::memcpy(&ok, key_ok + v * kLanes, sizeof ok);
+    return ok & (j < jhi[i]);
+  };
+  float corr[kAttnRows];
+  attention_block::online_softmax(s, active, whole, visible, m + r0, l + r0, sc, kKeyBlock, corr);
 
   // acc = acc * corr + P V.
   attention_block::accumulate_pv<kAttnRows>(acc + r0 * Dhp, Dhp, nr, corr, sc, kKeyBlock, vb, 0, jmax);
@@ -260,11 +236,11 @@ void attend_item(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1
       std::memset(kb + nb * Dhp, 0, (kKeyBlock - nb) * Dhp * sizeof(float));
       std::memset(vb + nb * Dhp, 0, (kKeyBlock - nb) * Dhp * sizeof(float));
     }
-    for (int j = 0; j < kKeyBlock; ++j)
-      for (int64_t d = 0; d < Dhp; ++d) kt[d * kKeyBlock + j] = kb[j * Dhp + d];
+    for (int j0 = 0; j0 < kKeyBlock; j0 += kLanes)  // kt = kb^T, in-register tiles (Dhp: whole vectors)
+      for (int64_t d0 = 0; d0 < Dhp; d0 += kLanes) simd::transpose_tile(kb + j0 * Dhp + d0, Dhp, kt + d0 * kKeyBlock + j0, kKeyBlock);
     for (int64_t r0 = 0; r0 < nq; r0 += kAttnRows)
-      attend_rows(a, t0, r0, int(nq - r0 < kAttnRows ? nq - r0 : kAttnRows), p0, nb, key_ok, q, Dhp, kt, vb, sc, m, l,
-                  acc);
+      attend_rows(a, t0, r0, int(nq - r0 < kAttnRows ? nq - r0 : kAttnRows), p0, nb, key_ok, visible == kKeyBlock, q,
+                  Dhp, kt, vb, sc, m, l, acc);
   }
 
   // Normalise; a row that saw no key at all (every key padding) is zero.

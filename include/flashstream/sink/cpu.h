@@ -28,8 +28,6 @@ inline namespace FLASHSTREAM_ISA {
 using simd::vf;
 using simd::kLanes;
 using simd::broadcast;
-using simd::hmax;
-using simd::hsum;
 
 template <typename T>
 FS_INLINE void load_row_f(const T* src, int64_t D, float* dst) {
@@ -141,62 +139,31 @@ FS_INLINE const T* key_row(const AttnArgs& a, const T* base_new, const T* pool, 
 inline constexpr int kNV = kKeyBlock / kLanes;
 inline constexpr int kRowBlock = kLanes >= 16 ? 4 : 1;
 
-// Online-softmax bookkeeping of a row block after its scores s: masks, running max / sum, the
-// probabilities into sc[i * kKeyBlock + j] (exactly 0 outside a row's [jlo, jhi)), the rescale
-// factors corr, and the union [jmin, jmax) of the rows' visible keys. All rows' maxima first, so
-// that their rescale factors are one vector exp; rows that see the whole block skip the masks.
+// Online-softmax bookkeeping of a row block after its scores s (attention_block::online_softmax):
+// soft-cap, each row's key range [jlo, jhi) as its mask, the probabilities into
+// sc[i * kKeyBlock + j], and the union [jmin, jmax) of the rows' visible keys.
 FS_INLINE void softmax_rows(vf (&s)[kRowBlock][kNV], const int64_t* jlo, const int64_t* jhi, int64_t r0, float cap,
                             float* sc, float* m, float* l, float* corr, int64_t& jmin, int64_t& jmax) {
-  const float inv_cap = cap > 0.f ? 1.f / cap : 0.f;
+  bool active[kRowBlock], whole[kRowBlock];
+  for (int i = 0; i < kRowBlock; ++i) {
+    active[i] = jlo[i] < jhi[i];
+    whole[i] = jlo[i] == 0 && jhi[i] == kKeyBlock;
+    if (active[i]) {
+      jmin = jlo[i] < jmin ? jlo[i] : jmin;
+      jmax = jhi[i] > jmax ? jhi[i] : jmax;
+    }
+  }
+  if (cap > 0.f) {
+    const float inv_cap = 1.f / cap;
+    for (int i = 0; i < kRowBlock; ++i)
+      for (int v = 0; v < kNV; ++v) s[i][v] = simd::tanh(s[i][v] * inv_cap) * cap;
+  }
   auto visible = [&](int i, int v) {  // lanes of score vector v that row i sees
     simd::vi j = simd::vi{};
     for (int e = 0; e < kLanes; ++e) j[e] = v * kLanes + e;
     return (j >= int32_t(jlo[i])) & (j < int32_t(jhi[i]));
   };
-  float m_new[kRowBlock];
-  vf m_shift = simd::splat(0.f);  // lanes i < kRowBlock: m_old - m_new of row i (0: corr = 1)
-  for (int i = 0; i < kRowBlock; ++i) {
-    m_new[i] = -INFINITY;
-    if (jlo[i] >= jhi[i]) continue;
-    const bool whole = jlo[i] == 0 && jhi[i] == kKeyBlock;
-    vf mx = simd::splat(-INFINITY);
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      vf x = s[i][v];
-      if (cap > 0.f) x = simd::tanh(x * inv_cap) * cap;
-      if (!whole) x = simd::select(visible(i, v), x, simd::splat(-INFINITY));
-      s[i][v] = x;
-      mx = simd::max(mx, x);
-    }
-    const float m_blk = hmax(mx), m_old = m[r0 + i];
-    m_new[i] = m_blk > m_old ? m_blk : m_old;
-    m_shift[i] = m_old - m_new[i];  // -inf on the row's first block
-  }
-  // exp(-inf) is 0 exactly; simd::exp clamps to e^-87, which multiplies a zero acc and l just the same
-  const vf c = simd::exp(m_shift);
-  for (int i = 0; i < kRowBlock; ++i) {
-    corr[i] = c[i];
-    float* sci = sc + i * kKeyBlock;
-    if (jlo[i] >= jhi[i]) {
-      corr[i] = 1.f;
-      for (int j = 0; j < kKeyBlock; ++j) sci[j] = 0.f;
-      continue;
-    }
-    const bool whole = jlo[i] == 0 && jhi[i] == kKeyBlock;
-    vf psum = simd::splat(0.f);
-#pragma GCC unroll 16
-    for (int v = 0; v < kNV; ++v) {
-      vf pv = simd::exp(s[i][v] - m_new[i]);
-      if (!whole) pv = simd::select(visible(i, v), pv, simd::splat(0.f));  // masked: 0, not e^-87
-      psum += pv;
-      simd::store(sci + v * kLanes, pv);
-    }
-    const int64_t r = r0 + i;
-    l[r] = l[r] * corr[i] + hsum(psum);
-    m[r] = m_new[i];
-    jmin = jlo[i] < jmin ? jlo[i] : jmin;
-    jmax = jhi[i] > jmax ? jhi[i] : jmax;
-  }
+  attention_block::online_softmax(s, active, whole, visible, m + r0, l + r0, sc, kKeyBlock, corr);
 }
 
 // Online-softmax update of rows [r0, r0 + nr) with one key block (kt: transposed keys, vb: values).
