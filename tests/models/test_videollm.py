@@ -390,5 +390,8 @@ def test_smollm2_backbone_mod_streaming(smollm2_model):
     assert_same(mods[1.0].offline_frame_logits(frames, p), want)
     offline = mods[0.2].offline_frame_logits(frames, p)
     streamed, state = stream_logits(mods[0.2], frames, p, [1, 1, 1])
-    assert_same(streamed, offline)
+    # 30 layers, a fifth of the frame tokens routed: rounding alone leaves ~1e-5 of the largest
+    # logit here (0.91e-5 with the CPU attention's horizontal sums in lane order, 1.15e-5 with
+    # them as a tree, measured); a wrong cache, position or route is orders of magnitude more
+    assert_same(streamed, offline, rel=3e-5)
     assert state.cache.kv_bytes(1) < state.cache.kv_bytes(0)

@@ -261,6 +261,7 @@ void short_rows_run_r(const CausalConv1dParams& p, const T* x, const T* w, const
 template <typename T, int W>
 void narrow_rows_run(const CausalConv1dParams& p, const T* x, const T* w, const T* bias, T* state,
                      const int32_t* indices, T* y, int64_t r0, int64_t r1) {
+  if (r0 >= r1) return;  // the first row's loads below would read past the batch
   constexpr int L = W - 1;
   const int Tn = int(p.seqlen);
   __m512i tap_idx[W], keep_idx;
