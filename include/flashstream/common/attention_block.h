@@ -87,20 +87,42 @@ FS_INLINE void online_softmax(vf (&s)[R][NV], const bool (&active)[R], const boo
   }
 }
 
+// The P V loops run over head dims four vectors at a time: the vectors of chunk d0 (< 4 at the end).
+FS_INLINE int head_vectors(int64_t Dp, int64_t d0) {
+  const int64_t left = (Dp - d0) / kLanes;
+  return int(left < 4 ? left : 4);
+}
+
+// av = rows i < nr of acc (Dp floats apart), head-dim chunk d0, times corr[i]; zeros elsewhere.
+template <int R>
+FS_INLINE void load_rescaled(const float* acc, int64_t Dp, int64_t d0, int nr, int nvd, const float* corr,
+                             vf (&av)[R][4]) {
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u)
+      av[i][u] = (i < nr && u < nvd) ? simd::load(acc + i * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
+}
+
+// The inverse: rows i < nr, vectors u < nvd of chunk d0 back to acc.
+template <int R>
+FS_INLINE void store_rows(float* acc, int64_t Dp, int64_t d0, int nr, int nvd, const vf (&av)[R][4]) {
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; ++u)
+      if (i < nr && u < nvd) simd::store(acc + i * Dp + d0 + u * kLanes, av[i][u]);
+}
+
 // Rows i < nr of acc (Dp floats apart): acc[i] = acc[i] * corr[i] + sum_{j in [j0, j1)} p[i][j] vb[j]
 // (p rows kb floats apart, vb rows Dp floats apart), four vectors of head dims at a time.
 template <int R>
 FS_INLINE void accumulate_pv(float* acc, int64_t Dp, int nr, const float* corr, const float* p, int64_t kb,
                              const float* vb, int64_t j0, int64_t j1) {
   for (int64_t d0 = 0; d0 < Dp; d0 += 4 * kLanes) {
-    const int64_t left = (Dp - d0) / kLanes;
-    const int nvd = int(left < 4 ? left : 4);
+    const int nvd = head_vectors(Dp, d0);
     vf av[R][4];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        av[i][u] = (i < nr && u < nvd) ? simd::load(acc + i * Dp + d0 + u * kLanes) * corr[i] : simd::splat(0.f);
+    load_rescaled(acc, Dp, d0, nr, nvd, corr, av);
     for (int64_t j = j0; j < j1; ++j) {
       const float* vj = vb + j * Dp + d0;
       vf vv[4];
@@ -113,11 +135,7 @@ FS_INLINE void accumulate_pv(float* acc, int64_t Dp, int nr, const float* corr, 
         for (int u = 0; u < 4; ++u) av[i][u] = simd::fma(pj, vv[u], av[i][u]);
       }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u)
-        if (i < nr && u < nvd) simd::store(acc + i * Dp + d0 + u * kLanes, av[i][u]);
+    store_rows(acc, Dp, d0, nr, nvd, av);
   }
 }
 

@@ -291,13 +291,9 @@ inline int64_t tile_rows(int64_t width) {
   return rows < kMR ? kMR : rows;
 }
 
-// M rows split into `tiles` (0: the fewest of at most `max_rows` rows each).
-inline RowTiles row_tiles(int64_t M, int64_t tiles, int64_t max_rows) {
-  RowTiles rt{M, kMR, 1};
-  rt.tiles = tiles > 0 ? tiles : ceil_div(rt.groups(), max_rows / kMR);
-  if (rt.tiles < 1) rt.tiles = 1;
-  return rt;
-}
+// p.tiles of M rows (the binding's task_tiles; RowTiles). Scratch is sized by the largest tile,
+// so any count is valid; the binding picks one that keeps tiles L2-sized.
+inline RowTiles row_tiles(int64_t M, int64_t tiles) { return RowTiles{M, kMR, tiles > 0 ? tiles : 1}; }
 
 // left[m0:m0+mt, :K] @ packed (K x n) -> C (fp32, ldc), accumulated over k blocks; abuf holds
 // round_up(mt, kMR) x kKc floats.
@@ -317,7 +313,7 @@ void rows_times_packed(Strided left, int64_t m0, int64_t mt, int64_t K, const fl
 // ---- lowrank_linear: y = epilogue(x A B), row tiles [tile_begin, tile_end) (p.tiles) ----------------
 template <typename T, typename TO>
 void linear_tiles(const LinearProblem& p, const Epilogue<TO, T>& e, int64_t tile_begin, int64_t tile_end) {
-  const RowTiles rt = row_tiles(p.M, p.tiles, tile_rows(round_up(p.r, kNR)));
+  const RowTiles rt = row_tiles(p.M, p.tiles);
   const int64_t mt_max = rt.max_rows();
   const int64_t ldt = round_up(p.r, kNR);
   Scratch abuf(mt_max * kKc), tbuf(mt_max * ldt);
@@ -342,7 +338,7 @@ template <typename T>
 void ffn_tiles(const FfnProblem& p, T* y, int64_t tile_begin, int64_t tile_end) {
   const T* b1 = static_cast<const T*>(p.bias1);
   const T* b2 = static_cast<const T*>(p.bias2);
-  const RowTiles rt = row_tiles(p.M, p.tiles, ffn_tile_rows(p));
+  const RowTiles rt = row_tiles(p.M, p.tiles);
   const int64_t mt_max = rt.max_rows();
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
@@ -443,32 +439,19 @@ FS_BF16_TARGET FS_INLINE void microkernel_bf16(const uint16_t* __restrict a, int
     for (int v = 0; v < kNV; ++v) acc[i][v] = (vf)c[i][v];
 }
 
+// C[mt, N] = left rows (bf16 pairs) . packed pair panels, sink(row, col, acc) per kMR x kNR tile.
+// Panels go in chunks of chunk_panels, row groups outer within a chunk: with 1 (narrow outputs),
+// a panel stays in L1 while the rows stream from L2; a wide output (the rank-space tile times B)
+// takes wide_chunk(bstride), so the left rows stay in L1 while the chunk streams from L2 and each
+// output row is written as one run per chunk.
 template <typename Sink>
 FS_BF16_TARGET FS_INLINE void block_product_bf16(const uint16_t* a, int64_t lda, int64_t mt, int64_t kp_count,
-                                                 const uint16_t* bp, int64_t bstride, int64_t N, Sink&& sink) {
-  vf acc[kMR][kNV];
-  for (int64_t p = 0; p * kNR < N; ++p) {
-    for (int64_t i0 = 0; i0 < mt; i0 += kMR) {
-      microkernel_bf16(a + i0 * lda, lda, bp + p * bstride, kp_count, acc);
-      sink(i0, p * kNR, acc);
-    }
-  }
-}
-
-// As block_product_bf16 for a wide output (the rank-space tile times B): panels in chunks of at most
-// kWideChunkBytes, and within a chunk row groups outer, so the left rows stay in L1 while the
-// chunk streams from L2, and each output row is written as one run per chunk.
-inline constexpr int64_t kWideChunkBytes = 256 * 1024;
-
-template <typename Sink>
-FS_BF16_TARGET FS_INLINE void wide_product_bf16(const uint16_t* a, int64_t lda, int64_t mt, int64_t kp_count,
-                                                const uint16_t* bp, int64_t bstride, int64_t N, Sink&& sink) {
+                                                 const uint16_t* bp, int64_t bstride, int64_t N, Sink&& sink,
+                                                 int64_t chunk_panels = 1) {
   vf acc[kMR][kNV];
   const int64_t panels = ceil_div(N, kNR);
-  int64_t chunk = kWideChunkBytes / (bstride * int64_t(sizeof(uint16_t)));
-  chunk = chunk < 1 ? 1 : chunk;
-  for (int64_t p0 = 0; p0 < panels; p0 += chunk) {
-    const int64_t p1 = p0 + chunk < panels ? p0 + chunk : panels;
+  for (int64_t p0 = 0; p0 < panels; p0 += chunk_panels) {
+    const int64_t p1 = p0 + chunk_panels < panels ? p0 + chunk_panels : panels;
     for (int64_t i0 = 0; i0 < mt; i0 += kMR) {
       for (int64_t p = p0; p < p1; ++p) {
         microkernel_bf16(a + i0 * lda, lda, bp + p * bstride, kp_count, acc);
@@ -476,6 +459,12 @@ FS_BF16_TARGET FS_INLINE void wide_product_bf16(const uint16_t* a, int64_t lda, 
       }
     }
   }
+}
+
+// Panels of bstride pairs per chunk of a wide output: 256 KiB of B at a time.
+inline int64_t wide_chunk(int64_t bstride) {
+  const int64_t chunk = 256 * 1024 / (bstride * int64_t(sizeof(uint16_t)));
+  return chunk < 1 ? 1 : chunk;
 }
 
 // rows [m0, m0 + mt) x cols [k0, k0 + kc) of bf16 `src` -> buf (row stride ld, even), zero-padded to
@@ -522,7 +511,7 @@ inline void round_rows_bf16(const float* src, int64_t ld, int64_t rows, int64_t 
 template <typename TO>
 FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_pairs, const uint16_t* b_pairs,
                                       const Epilogue<TO, bf16_t>& e, int64_t tile_begin, int64_t tile_end) {
-  const RowTiles rt = row_tiles(p.M, p.tiles, tile_rows(round_up(p.r, kNR)));
+  const RowTiles rt = row_tiles(p.M, p.tiles);
   const int64_t mt_max = rt.max_rows();
   const int64_t ldt = round_up(p.r, kNR);
   const int64_t ldt16 = round_up(p.r, 2);
@@ -542,7 +531,8 @@ FS_BF16_TARGET void linear_tiles_bf16(const LinearProblem& p, const uint16_t* a_
     }
     if (p.K == 0) std::memset(tbuf.p, 0, mt_max * ldt * sizeof(float));
     round_rows_bf16(tbuf.p, ldt, round_up(mt, kMR), p.r, tb16, ldt16);  // T -> bf16 (round to nearest even)
-    wide_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N});
+    block_product_bf16(tb16, ldt16, mt, r2, b_pairs, r2 * kNR * 2, p.N, EpilogueSink<TO, bf16_t>{e, m0, mt, p.N},
+                       wide_chunk(r2 * kNR * 2));
   }
 }
 
@@ -569,7 +559,7 @@ FS_BF16_TARGET inline void rows_times_pairs(Strided left, int64_t m0, int64_t mt
 
 FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f, bf16_t* y, int64_t tile_begin,
                                           int64_t tile_end) {
-  const RowTiles rt = row_tiles(p.M, p.tiles, ffn_tile_rows(p));
+  const RowTiles rt = row_tiles(p.M, p.tiles);
   const int64_t mt_max = rt.max_rows();
   const int64_t ld1 = round_up(p.r1, kNR), ld2 = round_up(p.r2, kNR), ldu = round_up(p.r1u, kNR);
   const int64_t ldh = kFfnTileCols;
@@ -622,7 +612,8 @@ FS_BF16_TARGET inline void ffn_tiles_bf16(const FfnProblem& p, const FfnPairs& f
     if (p.d_ff == 0) std::memset(sbuf.p, 0, rows_pad * ld2 * sizeof(float));
     round_rows_bf16(sbuf.p, ld2, rows, p.r2, u16p(s16), 2 * r2p);
     const Epilogue<bf16_t, bf16_t> ye{y, p.N, p.gated ? nullptr : static_cast<const bf16_t*>(p.bias2)};
-    block_product_bf16(u16p(s16), 2 * r2p, mt, r2p, f.b2, r2p * kNR * 2, p.N, EpilogueSink<bf16_t, bf16_t>{ye, m0, mt, p.N});
+    block_product_bf16(u16p(s16), 2 * r2p, mt, r2p, f.b2, r2p * kNR * 2, p.N, EpilogueSink<bf16_t, bf16_t>{ye, m0, mt, p.N},
+                       wide_chunk(r2p * kNR * 2));
   }
 }
 #else
@@ -634,7 +625,7 @@ template <typename TL, typename TO, typename T>
 void gemm_tiles(Strided left, int64_t M, int64_t K, const float* packed, int64_t N, const Epilogue<TO, T>& e,
                 int64_t tiles, int64_t tile_begin, int64_t tile_end) {
   const int64_t ldc = round_up(N, kNR);
-  const RowTiles rt = row_tiles(M, tiles, tile_rows(ldc));
+  const RowTiles rt = row_tiles(M, tiles);
   const int64_t mt_max = rt.max_rows();
   Scratch abuf(mt_max * kKc), cbuf(mt_max * ldc);
   for (int64_t t = tile_begin; t < tile_end; ++t) {

@@ -66,7 +66,7 @@ struct LinearProblem {
   Strided a, b;  // [K, r], [r, N]
   const float* a_packed = nullptr;
   const float* b_packed = nullptr;
-  int64_t tiles = 0;  // CPU: the M rows as this many near-equal row tiles (RowTiles; 0: as few as fit L2)
+  int64_t tiles = 0;  // CPU: the M rows as this many near-equal row tiles (RowTiles), set by the binding
 };
 
 // lowrank_ffn (gated = false): y = act(x A1 B1 + b1) A2 B2 + b2;

@@ -106,14 +106,9 @@ FS_BF16_TARGET inline void block_rows_bf16(const Visible* vis, int64_t G, int fr
   for (int i = 0; i < kRowBlock; ++i) pack_rows_bf16(sc + i * kKeyBlock, 1, kKeyBlock, scp[i]);
   // acc = acc * corr + P V, key pairs [2w, 2w + 1] per dot product (sc is 0 outside each row's keys).
   for (int64_t d0 = 0; d0 < Dp; d0 += 64) {
-    const int64_t left = (Dp - d0) / 16;
-    const int nvd = int(left < 4 ? left : 4);
+    const int nvd = attention_block::head_vectors(Dp, d0);
     vf av[kRowBlock][4];
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q)
-        av[i][q] = (i < nr && q < nvd) ? simd::load(acc + (r0 + i) * Dp + d0 + q * 16) * corr[i] : simd::splat(0.f);
+    attention_block::load_rescaled(acc + r0 * Dp, Dp, d0, nr, nvd, corr, av);
     for (int64_t w = jmin / 2; w < (jmax + 1) / 2; ++w) {
       __m512i vv[4];
 #pragma GCC unroll 4
@@ -125,11 +120,7 @@ FS_BF16_TARGET inline void block_rows_bf16(const Visible* vis, int64_t G, int fr
         for (int q = 0; q < 4; ++q) av[i][q] = (vf)_mm512_dpbf16_ps((__m512)av[i][q], (__m512bh)vv[q], pp);
       }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < kRowBlock; ++i)
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q)
-        if (i < nr && q < nvd) simd::store(acc + (r0 + i) * Dp + d0 + q * 16, av[i][q]);
+    attention_block::store_rows(acc + r0 * Dp, Dp, d0, nr, nvd, av);
   }
 }
 

@@ -16,8 +16,9 @@
 // NEVER RUN ON A GPU: written and compile-checked (sm_80, sm_90a) without one. What has run is the
 // host emulation (tests/cuda_emu/sink_tc_emu.cpp): this kernel as plain C++ with 128 host threads a
 // block, mma.sync / ldmatrix emulated from the PTX fragment tables and cp.async landing at issue or
-// only at its wait_group (common/mma.cuh's hooks), against a float64 reference. It checks index math, layouts, barriers and masking, not the PTX itself,
-// device memory ordering, timing or occupancy. No speed is claimed.
+// only at its wait_group (common/mma.cuh's hooks), against a float64 reference. It checks index
+// math, layouts, barriers and masking, not the PTX itself, device memory ordering, timing or
+// occupancy. No speed is claimed.
 #pragma once
 #include <cmath>
 #include <cstdint>
